@@ -1,0 +1,73 @@
+# SIRAD Viewer: `make run` opens the viewer on the demo case, `make test` runs the test suite.
+# Both create .venv when it is missing and install only what is missing.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH  := torch==2.13.0
+STAMP  := $(VENV)/.stamp-installed
+DEMO   := resources/demo/example_ct.nii.gz
+OUT    ?= out/run
+
+# System packages Qt (xcb) and VTK need under Xvfb; `ldd` of PyQt6's libqxcb.so names them.
+APT_PACKAGES := xvfb xauth libgl1-mesa-dri libegl1 libgl1 libxkbcommon-x11-0 libxcb-cursor0 \
+                libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-shape0 \
+                libxcb-xinerama0 libxcb-randr0 libxcb-xkb1 libfontconfig1 libdbus-1-3
+
+.PHONY: run test bench system venv clean help
+
+help:
+	@echo "make run    open the viewer on the demo case (headless: screenshots + report into $(OUT))"
+	@echo "make test   run the whole test suite"
+	@echo "make bench  run the benchmarks (writes benchmarks/results.json)"
+
+# Install missing system packages when running as root with apt-get; otherwise only report.
+system:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    echo "installing system packages:$$missing"; \
+	    (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "note: missing system packages:$$missing (install them with apt-get as root)"; \
+	  fi; \
+	fi
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, pinned to the local CPU build, so the package's "torch" requirement is already met
+# and pip never pulls the CUDA wheels.
+$(STAMP): $(PY) setup.cfg pyproject.toml
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH)
+	$(PIP) install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+run: system venv
+	@if [ -n "$$DISPLAY" ] || [ -n "$$WAYLAND_DISPLAY" ]; then \
+	  $(VENV)/bin/sirad-viewer $(DEMO); \
+	else \
+	  mkdir -p $(OUT); \
+	  echo "no display: rendering off-screen into $(OUT)"; \
+	  if command -v xvfb-run >/dev/null; then \
+	    xvfb-run -a -s "-screen 0 1600x1000x24" $(VENV)/bin/sirad-viewer $(DEMO) --screenshot $(OUT)/viewer.png; \
+	  else \
+	    QT_QPA_PLATFORM=offscreen $(VENV)/bin/sirad-viewer $(DEMO) --screenshot $(OUT)/viewer.png; \
+	  fi; \
+	  $(VENV)/bin/sirad info $(DEMO) > $(OUT)/info.txt; \
+	  echo "screenshots and reports written to $(abspath $(OUT))"; \
+	fi
+
+test: system venv
+	$(PY) -m pytest -q
+
+bench: system venv
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) out build *.egg-info .pytest_cache

@@ -1,0 +1,37 @@
+"""``sirad-viewer``: the desktop application's entry point (the composition root).
+
+Parses arguments, configures logging, builds the services and hands them to the Qt window.
+Heavy modules (torch, monai, vtk) are never imported here.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from sirad_viewer import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sirad-viewer", description="SIRAD Viewer: read sacroiliac-joint CTs.")
+    p.add_argument("path", nargs="?", help="CT file, DICOM folder or .zip to open")
+    p.add_argument("--series", type=int, default=None, help="series number (1-based) to open instead of the default")
+    p.add_argument("--screenshot", metavar="FILE.png", help="load, render, write the image and exit")
+    p.add_argument("--version", action="version", version=f"sirad-viewer {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+                        format="%(levelname)s %(name)s: %(message)s")
+    from sirad_viewer.qt.app import run
+
+    return run(path=args.path, series=None if args.series is None else args.series - 1,
+               screenshot=args.screenshot)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

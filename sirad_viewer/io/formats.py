@@ -1,0 +1,82 @@
+"""Non-DICOM volume files: NIfTI, NRRD, MHA/MHD (through SimpleITK)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sirad_viewer.errors import LoadError, VolumeWarning
+from sirad_viewer.imaging import geometry as geo
+from sirad_viewer.imaging.volume import SeriesMetadata, Volume
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def is_volume_file(path: str | Path) -> bool:
+    name = str(path).lower()
+    return any(name.endswith(s) for s in VOLUME_SUFFIXES)
+
+
+def format_name(path: str | Path) -> str:
+    name = str(path).lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return "NIfTI"
+    if name.endswith((".nrrd", ".nhdr")):
+        return "NRRD"
+    return "MetaImage"
+
+
+def read_volume_file(path: str | Path) -> Volume:
+    """Read a NIfTI, NRRD or MetaImage file as a :class:`Volume` in HU.
+
+    Raises
+    ------
+    LoadError
+        ``not_found``, ``unsupported`` (not 3D, not scalar) or ``undecodable_pixel_data``.
+    """
+    import SimpleITK as sitk
+
+    p = Path(path)
+    if not p.exists():
+        raise LoadError("does not exist", code="not_found", path=p)
+    try:
+        img = sitk.ReadImage(str(p))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((ln for ln in first if "ERROR" in ln or "error" in ln), first[-1] if first else "")
+        raise LoadError(f"cannot be read as {format_name(p)}: {detail.strip()}",
+                        code="undecodable_pixel_data", path=p) from exc
+    warnings: list[VolumeWarning] = []
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise LoadError(f"has {img.GetNumberOfComponentsPerPixel()} components per voxel; a scalar CT "
+                        "volume is expected", code="unsupported", path=p)
+    if img.GetDimension() == 4:
+        n = img.GetSize()[3]
+        img = img[:, :, :, 0]
+        warnings.append(VolumeWarning("not_ct", f"the file holds {n} volumes (4D); only the first is shown",
+                                      {"n_volumes": n}))
+    elif img.GetDimension() == 2:
+        img = sitk.JoinSeries(img)
+    elif img.GetDimension() != 3:
+        raise LoadError(f"is {img.GetDimension()}-dimensional; a 3D volume is expected", code="unsupported", path=p)
+    arr = sitk.GetArrayFromImage(img)  # (z, y, x) == (slice, row, column)
+    affine = geo.affine_from_sitk(img.GetOrigin(), img.GetSpacing(), img.GetDirection())
+    if np.issubdtype(arr.dtype, np.integer):
+        lo, hi = int(arr.min()), int(arr.max())
+        arr = arr.astype(np.int16) if -32768 <= lo and hi <= 32767 else arr.astype(np.float32)
+    else:
+        arr = arr.astype(np.float32, copy=False)
+        if np.all(np.mod(arr[:: max(1, arr.shape[0] // 8)], 1) == 0):
+            lo, hi = float(arr.min()), float(arr.max())
+            if -32768 <= lo and hi <= 32767:
+                arr = arr.astype(np.int16)
+    if arr.size and float(arr.min()) >= 0:
+        warnings.append(VolumeWarning(
+            "not_ct", f"values range from {float(arr.min()):g} to {float(arr.max()):g} with nothing below "
+            "0; this is probably not in Hounsfield units", {"min": float(arr.min()), "max": float(arr.max())}))
+    if arr.shape[0] < 20:
+        warnings.append(VolumeWarning("few_slices", f"only {arr.shape[0]} slice(s); at least 20 are needed to "
+                                      "read the sacroiliac joints in 3D", {"n_slices": int(arr.shape[0])}))
+    meta = SeriesMetadata(series_description=p.name, modality="", extra={"format": format_name(p)})
+    return Volume(array=np.ascontiguousarray(arr), affine=affine, metadata=meta, warnings=warnings,
+                  sources=[str(p)])
