@@ -45,6 +45,10 @@ REMOVE = (
     "ReferencedPatientSequence", "ReferencedPerformedProcedureStepSequence",
 )
 
+#: Dates kept with ``keep_dates`` (never the patient's birth date).
+_STUDY_DATES = {"StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "StudyTime", "SeriesTime",
+                "AcquisitionTime", "ContentTime", "AcquisitionDateTime"}
+
 #: UID attributes that are remapped (consistently) rather than removed.
 UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID",
         "MediaStorageSOPInstanceUID")
@@ -79,7 +83,7 @@ def deidentify_dataset(ds: Any, *, keep_dates: bool = False, salt: str = "sirad"
         if kw in out:
             setattr(out, kw, value)
     for kw in REMOVE:
-        if keep_dates and ("Date" in kw or "Time" in kw):
+        if keep_dates and kw in _STUDY_DATES:
             continue
         if kw in out:
             delattr(out, kw)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -101,7 +102,7 @@ def random_spec(seed: int, *, left_grade: int | None = None, right_grade: int | 
     if site not in SITE_PROFILES:
         raise ValueError(f"unknown site {site!r}; choose one of {sorted(SITE_PROFILES)}")
     prof = SITE_PROFILES[site]
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, zlib.crc32(site.encode())])  # other site, other patients
     lg = int(rng.integers(0, 5)) if left_grade is None else left_grade
     rg = int(rng.integers(0, 5)) if right_grade is None else right_grade
     thickness = float(rng.uniform(*prof["thickness"]))

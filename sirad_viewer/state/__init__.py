@@ -1,0 +1,1 @@
+"""Evented application state that the views subscribe to. No Qt."""

@@ -1,0 +1,1 @@
+"""Reader studies: protocol, sessions, storage, statistics. No Qt."""

@@ -1,0 +1,1 @@
+"""VTK/pyvista scene building, testable off-screen. No Qt."""
