@@ -8,7 +8,10 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.stamp-installed
 DEMO   := resources/demo/example_ct.nii.gz
+# Two points along the demo CT's sacrum (LPS mm): the oblique coronal plane a reader would drag.
+DEMO_AXIS := 0,-130,235,0,-75,160
 OUT    ?= out/run
+HEADLESS = $(if $(DISPLAY)$(WAYLAND_DISPLAY),,xvfb-run -a -s "-screen 0 1600x1000x24")
 
 # System packages Qt (xcb) and VTK need under Xvfb; `ldd` of PyQt6's libqxcb.so names them.
 APT_PACKAGES := xvfb xauth libgl1-mesa-dri libegl1 libgl1 libxkbcommon-x11-0 libxcb-cursor0 \
@@ -18,7 +21,7 @@ APT_PACKAGES := xvfb xauth libgl1-mesa-dri libegl1 libgl1 libxkbcommon-x11-0 lib
 .PHONY: run test bench system venv clean help
 
 help:
-	@echo "make run    open the viewer on the demo case (headless: screenshots + report into $(OUT))"
+	@echo "make run    open the viewer on the demo case (headless: screenshots + series report into $(OUT))"
 	@echo "make test   run the whole test suite"
 	@echo "make bench  run the benchmarks (writes benchmarks/results.json)"
 
@@ -50,24 +53,23 @@ venv: $(STAMP)
 
 run: system venv
 	@if [ -n "$$DISPLAY" ] || [ -n "$$WAYLAND_DISPLAY" ]; then \
-	  $(VENV)/bin/sirad-viewer $(DEMO); \
+	  $(VENV)/bin/sirad-viewer $(DEMO) --sacral-axis=$(DEMO_AXIS); \
 	else \
 	  mkdir -p $(OUT); \
-	  echo "no display: rendering off-screen into $(OUT)"; \
-	  if command -v xvfb-run >/dev/null; then \
-	    xvfb-run -a -s "-screen 0 1600x1000x24" $(VENV)/bin/sirad-viewer $(DEMO) --screenshot $(OUT)/viewer.png; \
-	  else \
-	    QT_QPA_PLATFORM=offscreen $(VENV)/bin/sirad-viewer $(DEMO) --screenshot $(OUT)/viewer.png; \
-	  fi; \
-	  $(VENV)/bin/sirad info $(DEMO) > $(OUT)/info.txt; \
-	  echo "screenshots and reports written to $(abspath $(OUT))"; \
+	  echo "no display: rendering off-screen into $(abspath $(OUT))"; \
+	  for layout in sij 2x2; do \
+	    $(HEADLESS) $(VENV)/bin/sirad-viewer $(DEMO) --sacral-axis=$(DEMO_AXIS) --layout $$layout \
+	      --screenshot $(OUT)/viewer-$$layout.png || exit 1; \
+	  done; \
+	  $(VENV)/bin/sirad info $(DEMO) > $(OUT)/series-report.txt; \
+	  echo "screenshots and the series report are in $(abspath $(OUT))"; \
 	fi
 
 test: system venv
 	$(PY) -m pytest -q
 
 bench: system venv
-	$(PY) benchmarks/run.py
+	$(HEADLESS) $(PY) benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache

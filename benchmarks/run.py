@@ -118,7 +118,9 @@ def print_table(rows: list[dict]) -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['name']:<{w}}  {r['ours']:>10}  {r['baseline']:>10}  {r['unit']:<5}  {r['ratio']:>8}  {r['baseline_name']}")
+        base = "-" if r["baseline"] is None else r["baseline"]
+        ratio = "-" if r["ratio"] is None else r["ratio"]
+        print(f"{r['name']:<{w}}  {r['ours']:>10}  {base:>10}  {r['unit']:<5}  {ratio:>8}  {r['baseline_name']}")
 
 
 def main() -> int:
@@ -135,6 +137,12 @@ def main() -> int:
     j2k = CACHE / "ct_512x512x60_j2k"
     rows += bench_loader("load 512x512x60 JPEG 2000 lossless CT series", j2k,
                          make_series(j2k, 60, 512, "j2k"), max(1, args.repeat // 2))
+    import viewer  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+
+    big = viewer.big_ct()
+    rows += viewer.slice_rendering(big)
+    rows += viewer.open_to_first_image(unc)
+    rows += viewer.mesh_on_screen(big)
     print()
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; {time.time() - t0:.0f} s")
     print_table(rows)

@@ -17,7 +17,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sirad-viewer", description="SIRAD Viewer: read sacroiliac-joint CTs.")
     p.add_argument("path", nargs="?", help="CT file, DICOM folder or .zip to open")
     p.add_argument("--series", type=int, default=None, help="series number (1-based) to open instead of the default")
-    p.add_argument("--screenshot", metavar="FILE.png", help="load, render, write the image and exit")
+    p.add_argument("--screenshot", metavar="FILE.png", help="load, render the layout, write the image and exit")
+    p.add_argument("--layout", choices=("sij", "1x1", "1x2", "2x2"), help="reading layout (default: the saved one, or sij)")
+    p.add_argument("--sacral-axis", metavar="X1,Y1,Z1,X2,Y2,Z2",
+                   help="two LPS points (mm) along the sacrum that set the oblique coronal plane, as a "
+                        "drag on the sagittal view does")
     p.add_argument("--version", action="version", version=f"sirad-viewer {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
@@ -27,10 +31,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
+    axis = None
+    if args.sacral_axis:
+        try:
+            vals = [float(v) for v in args.sacral_axis.split(",")]
+        except ValueError:
+            vals = []
+        if len(vals) != 6:
+            print("sirad-viewer: --sacral-axis needs six numbers: X1,Y1,Z1,X2,Y2,Z2 (LPS mm)", file=sys.stderr)
+            return 2
+        axis = (vals[:3], vals[3:])
     from sirad_viewer.qt.app import run
 
     return run(path=args.path, series=None if args.series is None else args.series - 1,
-               screenshot=args.screenshot)
+               screenshot=args.screenshot, layout=args.layout,
+               sacral_axis=axis)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,7 +25,8 @@ def apply_window(hu: np.ndarray, width: float, level: float, *, lut: np.ndarray 
     """Map HU to 0-255 grey. int16 input goes through the lookup table; floats are computed."""
     if hu.dtype == np.int16:
         table = window_lut(width, level) if lut is None else lut
-        return table[hu.astype(np.int32) + _LUT_OFFSET]
+        # HU + 32768 is the int16's bit pattern with the sign bit flipped: no int32 temporary.
+        return table[np.bitwise_xor(hu.view(np.uint16), np.uint16(0x8000))]
     w = max(float(width), 1.0)
     out = ((hu.astype(np.float32) - (level - 0.5)) / (w - 1.0) + 0.5) * 255.0
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)

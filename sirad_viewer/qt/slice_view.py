@@ -1,0 +1,319 @@
+"""One 2D reading view (axial, coronal, sagittal or oblique coronal).
+
+Pixels come from :func:`sirad_viewer.imaging.reslice.reslice`, go through the window lookup table
+into a greyscale ``QImage``, and the painter's transform does the zoom and the mm aspect ratio.
+Mouse: left sets the crosshair (shift-drag on the sagittal view, or the "sacral axis" mode, draws
+the line along the sacrum that defines the oblique plane), right-drag changes window/level,
+middle-drag pans, wheel scrolls, ctrl+wheel zooms. Keys: arrows and Page Up/Down scroll.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PyQt6 import QtCore, QtGui, QtWidgets
+
+from sirad_viewer.imaging import reslice as rs
+from sirad_viewer.imaging.display import window_lut
+from sirad_viewer.state.viewer import ViewerState
+
+_LETTERS = {0: ("R", "L"), 1: ("A", "P"), 2: ("I", "S")}
+CROSS_COLOURS = {"axial": "#4aa3ff", "coronal": "#5fd35f", "sagittal": "#ff7a59", "oblique": "#e8c547"}
+
+
+def direction_letters(v: np.ndarray) -> str:
+    """Orientation label for an LPS direction: the dominant letters (e.g. 'L', 'SA')."""
+    order = np.argsort(-np.abs(v))
+    out = ""
+    for a in order[:2]:
+        if abs(v[a]) > 0.25:
+            out += _LETTERS[int(a)][1 if v[a] > 0 else 0]
+    return out or "?"
+
+
+def nice_bar_mm(max_mm: float) -> float:
+    for mm in (200, 100, 50, 20, 10, 5, 2, 1):
+        if mm <= max_mm:
+            return float(mm)
+    return 1.0
+
+
+class SliceView(QtWidgets.QWidget):
+    """Shows ``state.plane(name)`` through the crosshair."""
+
+    activated = QtCore.pyqtSignal(str)
+
+    def __init__(self, state: ViewerState, name: str, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.name = name
+        self.zoom = 1.0
+        self.pan = QtCore.QPointF(0, 0)
+        self.smooth = True
+        self.axis_mode = False  # left-drag draws the sacral axis line
+        self.setMinimumSize(160, 160)
+        self.setMouseTracking(True)
+        self.setFocusPolicy(QtCore.Qt.FocusPolicy.StrongFocus)
+        self.setAttribute(QtCore.Qt.WidgetAttribute.WA_OpaquePaintEvent)
+        self._image: rs.SliceImage | None = None
+        self._grey: np.ndarray | None = None
+        self._qimage: QtGui.QImage | None = None
+        self._lut = window_lut(state.window.width, state.window.level)
+        self._cursor_text = ""
+        self._drag: tuple[str, QtCore.QPointF, object] | None = None
+        self._line: tuple[np.ndarray, np.ndarray] | None = None
+        state.volume_changed.connect(self._on_volume)
+        state.crosshair_changed.connect(self._on_crosshair)
+        state.window_changed.connect(self._on_window)
+        state.oblique_changed.connect(self._invalidate)
+        state.text_changed.connect(lambda *_: self.update())
+
+    # --- state events ----------------------------------------------------------------------
+    def _on_volume(self, *_: object) -> None:
+        self.zoom, self.pan = 1.0, QtCore.QPointF(0, 0)
+        self._invalidate()
+
+    def _on_crosshair(self, point: np.ndarray) -> None:
+        # in-plane moves only need the crosshair lines redrawn; a move along the normal re-slices
+        if self._image is None or self.name == "oblique" or abs(self._plane_offset(point)) > 1e-6:
+            self._image = None
+        self.update()
+
+    def _plane_offset(self, point: np.ndarray) -> float:
+        if self._image is None:
+            return 1.0
+        n = np.cross(self._image.right_step, self._image.down_step)
+        n /= np.linalg.norm(n)
+        return float((np.asarray(point) - self._image.origin) @ n)
+
+    def _on_window(self, w: object) -> None:
+        self._lut = window_lut(self.state.window.width, self.state.window.level)
+        self._grey = None
+        self.update()
+
+    def _invalidate(self, *_: object) -> None:
+        self._image = None
+        self.update()
+
+    # --- pixels ------------------------------------------------------------------------------
+    def plane(self) -> rs.SlicePlane:
+        return self.state.plane(self.name)
+
+    def slice_image(self) -> rs.SliceImage | None:
+        if self.state.volume is None:
+            return None
+        if self._image is None:
+            self._image = rs.reslice(self.state.volume, self.plane())
+            self._grey = None
+        return self._image
+
+    def grey(self) -> np.ndarray | None:
+        """The windowed 8-bit image this view draws (before scaling)."""
+        img = self.slice_image()
+        if img is None:
+            return None
+        if self._grey is None:
+            pix = img.pixels
+            if pix.dtype == np.int16:
+                self._grey = np.ascontiguousarray(self._lut[np.bitwise_xor(pix.view(np.uint16), np.uint16(0x8000))])
+            else:
+                from sirad_viewer.imaging.display import apply_window
+
+                self._grey = np.ascontiguousarray(apply_window(pix, self.state.window.width, self.state.window.level))
+            h, w = self._grey.shape
+            self._qimage = QtGui.QImage(self._grey.data, w, h, w, QtGui.QImage.Format.Format_Grayscale8)
+        return self._grey
+
+    def image_transform(self) -> QtGui.QTransform:
+        """Image pixel (col, row) -> widget coordinates (fit, mm aspect, zoom, pan)."""
+        img = self.slice_image()
+        t = QtGui.QTransform()
+        if img is None:
+            return t
+        ph, pw = img.pixel_mm
+        h, w = img.pixels.shape
+        fit = min(self.width() / (w * pw), self.height() / (h * ph)) * self.zoom
+        sx, sy = pw * fit, ph * fit
+        ox = (self.width() - w * sx) / 2 + self.pan.x()
+        oy = (self.height() - h * sy) / 2 + self.pan.y()
+        t.translate(ox, oy)
+        t.scale(sx, sy)
+        return t
+
+    def widget_to_world(self, pos: QtCore.QPointF) -> np.ndarray | None:
+        img = self.slice_image()
+        if img is None:
+            return None
+        inv, ok = self.image_transform().inverted()
+        if not ok:
+            return None
+        p = inv.map(pos)
+        return img.world(p.y() - 0.5, p.x() - 0.5)
+
+    def world_to_widget(self, point: np.ndarray) -> QtCore.QPointF | None:
+        img = self.slice_image()
+        if img is None:
+            return None
+        r, c = img.pixel_of(point)
+        return self.image_transform().map(QtCore.QPointF(c + 0.5, r + 0.5))
+
+    # --- painting ------------------------------------------------------------------------------
+    def paintEvent(self, event: QtGui.QPaintEvent) -> None:  # noqa: N802 - Qt API
+        p = QtGui.QPainter(self)
+        p.fillRect(self.rect(), QtGui.QColor("black"))
+        grey = self.grey()
+        if grey is None or self._qimage is None:
+            p.setPen(QtGui.QColor("#777"))
+            p.drawText(self.rect(), QtCore.Qt.AlignmentFlag.AlignCenter, f"{self.name}\n(open a CT: File > Open)")
+            p.end()
+            return
+        p.setRenderHint(QtGui.QPainter.RenderHint.SmoothPixmapTransform, self.smooth)
+        p.save()
+        p.setTransform(self.image_transform())
+        h, w = grey.shape
+        p.drawImage(QtCore.QRectF(0, 0, w, h), self._qimage)
+        p.restore()
+        self._draw_overlays(p)
+        p.end()
+
+    def _draw_overlays(self, p: QtGui.QPainter) -> None:
+        st = self.state
+        img = self.slice_image()
+        assert img is not None
+        # crosshair
+        c = self.world_to_widget(st.crosshair)
+        if c is not None:
+            p.setPen(QtGui.QPen(QtGui.QColor(CROSS_COLOURS.get(self.name, "#fff")), 1, QtCore.Qt.PenStyle.DashLine))
+            p.drawLine(QtCore.QPointF(0, c.y()), QtCore.QPointF(self.width(), c.y()))
+            p.drawLine(QtCore.QPointF(c.x(), 0), QtCore.QPointF(c.x(), self.height()))
+        # the sacral axis line being drawn, or the current one on the sagittal view
+        if self._line is not None:
+            a, b = (self.world_to_widget(x) for x in self._line)
+            if a is not None and b is not None:
+                p.setPen(QtGui.QPen(QtGui.QColor(CROSS_COLOURS["oblique"]), 2))
+                p.drawLine(a, b)
+        p.setPen(QtGui.QColor("#e6e6e6"))
+        f = p.font()
+        f.setPointSizeF(9.5)
+        p.setFont(f)
+        m = 6
+        # orientation labels: what lies at each screen edge
+        right = img.right_step / np.linalg.norm(img.right_step)
+        down = img.down_step / np.linalg.norm(img.down_step)
+        W, H = self.width(), self.height()
+        p.drawText(QtCore.QRectF(0, H / 2 - 10, W - m, 20), QtCore.Qt.AlignmentFlag.AlignRight, direction_letters(right))
+        p.drawText(QtCore.QRectF(m, H / 2 - 10, 40, 20), QtCore.Qt.AlignmentFlag.AlignLeft, direction_letters(-right))
+        p.drawText(QtCore.QRectF(0, m, W, 20), QtCore.Qt.AlignmentFlag.AlignHCenter, direction_letters(-down))
+        p.drawText(QtCore.QRectF(0, H - 22 - m, W, 20), QtCore.Qt.AlignmentFlag.AlignHCenter, direction_letters(down))
+        # top-left: view, position and window
+        offset = float(self.plane().normal @ st.crosshair)
+        title = {"oblique": "oblique coronal"}.get(self.name, self.name)
+        lines = [f"{title}  {offset:+.1f} mm", f"W {st.window.width:.0f}  L {st.window.level:.0f}"]
+        if self.name == "oblique" and st.sacral_axis is None:
+            lines.append("axis: default 38° (drag along the sacrum on the sagittal view)")
+        p.drawText(QtCore.QRectF(m, m, W, 60), QtCore.Qt.AlignmentFlag.AlignLeft, "\n".join(lines))
+        # top-right: patient and series (hideable)
+        vol = st.volume
+        if st.show_patient_text and vol is not None:
+            md = vol.metadata
+            txt = "\n".join(t for t in (md.patient_name, md.patient_id, md.series_description) if t)
+            p.drawText(QtCore.QRectF(0, m, W - m, 60), QtCore.Qt.AlignmentFlag.AlignRight, txt)
+        # bottom-left: HU under the cursor
+        if self._cursor_text:
+            p.drawText(QtCore.QRectF(m, H - 22 - m, W, 20), QtCore.Qt.AlignmentFlag.AlignLeft, self._cursor_text)
+        # bottom-right: scale bar
+        t = self.image_transform()
+        px_per_mm = t.m11() / (np.linalg.norm(img.right_step) or 1.0)
+        if px_per_mm > 0:
+            mm = nice_bar_mm(0.25 * W / px_per_mm)
+            L = mm * px_per_mm
+            y = H - 30
+            x1 = W - m - 40
+            p.setPen(QtGui.QPen(QtGui.QColor("#e6e6e6"), 2))
+            p.drawLine(QtCore.QPointF(x1 - L, y), QtCore.QPointF(x1, y))
+            p.drawText(QtCore.QRectF(x1 - L, y + 2, L, 16), QtCore.Qt.AlignmentFlag.AlignHCenter, f"{mm:g} mm")
+
+    # --- interaction ---------------------------------------------------------------------------
+    def hu_at(self, pos: QtCore.QPointF) -> float | None:
+        w = self.widget_to_world(pos)
+        vol = self.state.volume
+        if w is None or vol is None:
+            return None
+        idx = np.rint(vol.world_to_index(w)).astype(int)
+        if np.any(idx < 0) or np.any(idx >= vol.shape):
+            return None
+        return float(vol.array[tuple(idx)])
+
+    def mousePressEvent(self, e: QtGui.QMouseEvent) -> None:  # noqa: N802
+        self.activated.emit(self.name)
+        pos = e.position()
+        b = e.button()
+        if b == QtCore.Qt.MouseButton.LeftButton:
+            drawing = self.name == "sagittal" and (self.axis_mode or e.modifiers() & QtCore.Qt.KeyboardModifier.ShiftModifier)
+            if drawing:
+                w = self.widget_to_world(pos)
+                if w is not None:
+                    self._drag = ("axis", pos, w)
+                    self._line = (w, w)
+                return
+            self._drag = ("cross", pos, None)
+            self._set_cross(pos)
+        elif b == QtCore.Qt.MouseButton.RightButton:
+            self._drag = ("wl", pos, (self.state.window.width, self.state.window.level))
+        elif b == QtCore.Qt.MouseButton.MiddleButton:
+            self._drag = ("pan", pos, QtCore.QPointF(self.pan))
+
+    def _set_cross(self, pos: QtCore.QPointF) -> None:
+        w = self.widget_to_world(pos)
+        if w is None:
+            return
+        # move only within this plane: keep the crosshair's distance along the normal
+        n = self.plane().normal
+        cur = self.state.crosshair
+        w = w - n * float((w - cur) @ n)
+        self.state.set_crosshair(w)
+
+    def mouseMoveEvent(self, e: QtGui.QMouseEvent) -> None:  # noqa: N802
+        pos = e.position()
+        hu = self.hu_at(pos)
+        w = self.widget_to_world(pos)
+        self._cursor_text = "" if hu is None or w is None else (
+            f"{hu:.0f} HU  ({w[0]:.1f}, {w[1]:.1f}, {w[2]:.1f}) mm LPS")
+        if self._drag is not None:
+            kind, start, ref = self._drag
+            d = pos - start
+            if kind == "cross":
+                self._set_cross(pos)
+            elif kind == "wl":
+                width, level = ref  # type: ignore[misc]
+                self.state.set_window(width * float(np.exp(d.x() / 200.0)), level - d.y() * width / 400.0)
+            elif kind == "pan":
+                self.pan = ref + d  # type: ignore[operator]
+            elif kind == "axis" and w is not None:
+                self._line = (ref, w)  # type: ignore[assignment]
+        self.update()
+
+    def mouseReleaseEvent(self, e: QtGui.QMouseEvent) -> None:  # noqa: N802
+        if self._drag is not None and self._drag[0] == "axis" and self._line is not None:
+            a, b = self._line
+            if np.linalg.norm(b - a) >= 5.0:
+                self.state.set_sacral_axis_from_line(a, b)
+            self.axis_mode = False
+        self._line = None
+        self._drag = None
+        self.update()
+
+    def wheelEvent(self, e: QtGui.QWheelEvent) -> None:  # noqa: N802
+        steps = 1 if e.angleDelta().y() > 0 else -1
+        if e.modifiers() & QtCore.Qt.KeyboardModifier.ControlModifier:
+            self.zoom = float(np.clip(self.zoom * (1.15 if steps > 0 else 1 / 1.15), 0.25, 16.0))
+            self.update()
+        else:
+            self.state.step_along(self.plane(), steps)
+
+    def keyPressEvent(self, e: QtGui.QKeyEvent) -> None:  # noqa: N802
+        k = e.key()
+        K = QtCore.Qt.Key
+        steps = {K.Key_Up: 1, K.Key_Down: -1, K.Key_PageUp: 10, K.Key_PageDown: -10}.get(k)
+        if steps is not None:
+            self.state.step_along(self.plane(), steps)
+        else:
+            super().keyPressEvent(e)

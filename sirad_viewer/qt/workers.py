@@ -1,0 +1,62 @@
+"""Background work with progress, cancel and error relay (napari's thread_worker, in small).
+
+The work itself is a plain blocking function taking ``progress(fraction, message)`` and
+``cancel()`` keyword arguments, so the CLI and tests call it directly.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable
+
+from PyQt6 import QtCore
+
+log = logging.getLogger(__name__)
+
+
+class _Signals(QtCore.QObject):
+    done = QtCore.pyqtSignal(object)
+    failed = QtCore.pyqtSignal(object)
+    progress = QtCore.pyqtSignal(float, str)
+
+
+class Worker(QtCore.QRunnable):
+    """Runs ``fn(progress=..., cancel=...)`` on the global thread pool."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.fn = fn
+        self.signals = _Signals()
+        self._cancel = threading.Event()
+        self.finished = threading.Event()
+        self.setAutoDelete(False)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def run(self) -> None:  # noqa: D401 - QRunnable API
+        try:
+            result = self.fn(progress=lambda f, m: self.signals.progress.emit(float(f), str(m)),
+                             cancel=self._cancel.is_set)
+        except Exception as exc:  # noqa: BLE001 - relayed to the GUI thread
+            log.debug("worker failed", exc_info=True)
+            self.finished.set()
+            self.signals.failed.emit(exc)
+            return
+        self.finished.set()
+        self.signals.done.emit(result)
+
+
+def start(fn: Callable[..., Any], *, on_done: Callable[[Any], None], on_error: Callable[[BaseException], None],
+          on_progress: Callable[[float, str], None] | None = None) -> Worker:
+    w = Worker(fn)
+    w.signals.done.connect(on_done)
+    w.signals.failed.connect(on_error)
+    if on_progress is not None:
+        w.signals.progress.connect(on_progress)
+    QtCore.QThreadPool.globalInstance().start(w)
+    return w

@@ -1,0 +1,171 @@
+"""Evented viewer state (no Qt). Views subscribe; tests and scripts drive it directly.
+
+Like napari's ``ViewerModel``: the state owns the volume, the crosshair (an LPS point shared by
+every view), the window/level, the oblique plane and the layout. Changing any of them emits an
+event; the Qt views only redraw in response.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from sirad_viewer.imaging import reslice as rs
+from sirad_viewer.imaging.display import PRESETS
+from sirad_viewer.imaging.volume import Volume
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("sij", "1x1", "1x2", "2x2")
+VIEW_NAMES = ("axial", "coronal", "sagittal", "oblique")
+
+
+class Signal:
+    """A minimal callback list: ``connect(fn)``, ``disconnect(fn)``, ``emit(*args)``."""
+
+    def __init__(self) -> None:
+        self._slots: list[Callable[..., Any]] = []
+
+    def connect(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        if fn not in self._slots:
+            self._slots.append(fn)
+        return fn
+
+    def disconnect(self, fn: Callable[..., Any]) -> None:
+        if fn in self._slots:
+            self._slots.remove(fn)
+
+    def emit(self, *args: Any) -> None:
+        for fn in list(self._slots):
+            fn(*args)
+
+
+@dataclass(frozen=True)
+class Window:
+    width: float
+    level: float
+    preset: str = "custom"
+
+
+class ViewerState:
+    """Everything the reading views show, and the events they listen to."""
+
+    def __init__(self) -> None:
+        self.volume: Volume | None = None
+        self.crosshair = np.zeros(3)
+        self.window = Window(*PRESETS["bone"], "bone")
+        self.sacral_axis: np.ndarray | None = None  # LPS direction; None: not set yet
+        self.sacral_axis_source = ""  # "reader" (dragged on sagittal) or "segmentation"
+        self.layout = "sij"
+        self.show_patient_text = True
+        self.volume_changed = Signal()
+        self.crosshair_changed = Signal()
+        self.window_changed = Signal()
+        self.oblique_changed = Signal()
+        self.layout_changed = Signal()
+        self.text_changed = Signal()
+
+    # --- volume ------------------------------------------------------------------------------
+    def set_volume(self, volume: Volume) -> None:
+        """Show a volume (reoriented to the canonical axial layout, no interpolation)."""
+        self.volume = volume.reoriented()
+        self.crosshair = self.volume.center_world()
+        self.sacral_axis = None
+        self.sacral_axis_source = ""
+        self.volume_changed.emit(self.volume)
+        self.crosshair_changed.emit(self.crosshair.copy())
+        self.oblique_changed.emit()
+
+    # --- crosshair -----------------------------------------------------------------------------
+    def set_crosshair(self, point: np.ndarray) -> None:
+        p = np.asarray(point, dtype=float).reshape(3)
+        if self.volume is not None:
+            b = self.volume.bounds_world()
+            p = np.clip(p, b[0], b[1])
+        if np.allclose(p, self.crosshair):
+            return
+        self.crosshair = p
+        self.crosshair_changed.emit(p.copy())
+
+    def step_along(self, plane: rs.SlicePlane, steps: int) -> None:
+        """Scroll a view: move the crosshair ``steps`` slices along the plane's normal."""
+        if self.volume is None:
+            return
+        n = plane.normal
+        # one slice = the voxel size along the normal direction
+        sp = self.volume.spacing
+        dirs = self.volume.direction
+        step = float(1.0 / np.sqrt(np.sum((dirs @ n) ** 2 / sp ** 2)))
+        self.set_crosshair(self.crosshair + n * step * steps)
+
+    # --- window ----------------------------------------------------------------------------------
+    def set_window(self, width: float, level: float, preset: str = "custom") -> None:
+        w = Window(max(1.0, float(width)), float(level), preset)
+        if w != self.window:
+            self.window = w
+            self.window_changed.emit(w)
+
+    def apply_preset(self, name: str, presets: dict[str, tuple[float, float]] | None = None) -> None:
+        table = dict(PRESETS)
+        table.update(presets or {})
+        if name not in table:
+            raise KeyError(f"unknown window preset {name!r}; known: {sorted(table)}")
+        self.set_window(*table[name], preset=name)
+
+    # --- planes ----------------------------------------------------------------------------------
+    def plane(self, name: str) -> rs.SlicePlane:
+        """The plane a view shows, through the crosshair."""
+        p = self.crosshair
+        if name == "axial":
+            return rs.axial(p)
+        if name == "coronal":
+            return rs.coronal(p)
+        if name == "sagittal":
+            return rs.sagittal(p)
+        if name == "oblique":
+            axis = self.sacral_axis if self.sacral_axis is not None else self.default_sacral_axis()
+            return rs.oblique_coronal(p, axis)
+        raise KeyError(name)
+
+    @staticmethod
+    def default_sacral_axis() -> np.ndarray:
+        """Until the reader or the segmentation sets it: a typical sacral tilt (38 degrees)."""
+        t = np.deg2rad(38.0)
+        return np.array([0.0, -np.sin(t), np.cos(t)])
+
+    def set_sacral_axis_from_line(self, p_a: np.ndarray, p_b: np.ndarray, *, source: str = "reader") -> None:
+        """The reader dragged a line along the sacrum on the sagittal view (two LPS points)."""
+        p_a, p_b = np.asarray(p_a, float), np.asarray(p_b, float)
+        d = p_b - p_a
+        if np.linalg.norm(d) < 5.0:
+            raise ValueError("the line along the sacrum must be at least 5 mm long")
+        self.sacral_axis = d / np.linalg.norm(d)
+        self.sacral_axis_source = source
+        mid = (p_a + p_b) / 2.0
+        self.crosshair = mid
+        self.crosshair_changed.emit(mid.copy())
+        self.oblique_changed.emit()
+
+    def set_sacral_axis(self, direction: np.ndarray, point: np.ndarray | None = None, *, source: str = "segmentation") -> None:
+        d = np.asarray(direction, float)
+        self.sacral_axis = d / np.linalg.norm(d)
+        self.sacral_axis_source = source
+        if point is not None:
+            self.crosshair = np.asarray(point, float)
+            self.crosshair_changed.emit(self.crosshair.copy())
+        self.oblique_changed.emit()
+
+    # --- layout and text -------------------------------------------------------------------------
+    def set_layout(self, name: str) -> None:
+        if name not in LAYOUTS:
+            raise KeyError(f"unknown layout {name!r}; known: {', '.join(LAYOUTS)}")
+        if name != self.layout:
+            self.layout = name
+            self.layout_changed.emit(name)
+
+    def set_show_patient_text(self, show: bool) -> None:
+        if bool(show) != self.show_patient_text:
+            self.show_patient_text = bool(show)
+            self.text_changed.emit(self.show_patient_text)
