@@ -92,6 +92,137 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- study ---------------------------------------------------------------------------------
+
+def _open_store(path: str):
+    from sirad_viewer.study.protocol import StudyError
+    from sirad_viewer.study.store import StudyStore
+
+    if "://" not in path and not Path(path).exists():
+        raise StudyError("does not exist (create it with 'sirad study create')", path=path, code="not_found")
+    return StudyStore(path)
+
+
+def cmd_study_create(args: argparse.Namespace) -> int:
+    from sirad_viewer.study.protocol import Protocol
+    from sirad_viewer.study.store import StudyStore
+
+    protocol = Protocol.load(args.protocol)
+    store = StudyStore.create(args.study, protocol)
+    print(f"created {args.study}: '{protocol.name}', {protocol.design}, {len(protocol.readers)} reader(s), "
+          f"{len(protocol.cases)} case(s), protocol hash {protocol.hash[:16]}")
+    store.close()
+    return 0
+
+
+def _read_cases(path: str) -> list:
+    import csv
+
+    from sirad_viewer.study.protocol import Case, StudyError
+
+    p = Path(path)
+    if p.suffix.lower() in (".yaml", ".yml", ".json"):
+        import yaml
+
+        data = yaml.safe_load(p.read_text())
+        items = data.get("cases", data) if isinstance(data, dict) else data
+        return [Case(**{**c, "id": str(c["id"])}) for c in items]
+    cases = []
+    with open(p, newline="") as fh:
+        for i, row in enumerate(csv.DictReader(fh), start=2):
+            if not row.get("id"):
+                raise StudyError(f"line {i}: a case needs an id", path=p, code="bad_protocol")
+            ref = None
+            if row.get("left", "") != "" or row.get("right", "") != "":
+                try:
+                    ref = {"left": int(row["left"]), "right": int(row["right"])}
+                except (KeyError, ValueError):
+                    raise StudyError(f"line {i}: reference grades must be integers 0-4 in 'left' and 'right'",
+                                     path=p, code="bad_protocol") from None
+            cases.append(Case(id=row["id"], path=row.get("path", ""), study_uid=row.get("study_uid", ""),
+                              reference=ref, site=row.get("site", "")))
+    return cases
+
+
+def cmd_study_add_cases(args: argparse.Namespace) -> int:
+    store = _open_store(args.study)
+    protocol = store.protocol
+    new = _read_cases(args.cases)
+    protocol.cases.extend(new)
+    store.update_protocol(protocol)
+    print(f"added {len(new)} case(s); {len(protocol.cases)} in total; protocol hash {protocol.hash[:16]}")
+    return 0
+
+
+def cmd_study_status(args: argparse.Namespace) -> int:
+    from sirad_viewer.study.session import ReaderSession
+
+    store = _open_store(args.study)
+    p = store.protocol
+    ok, msg = store.verify()
+    print(f"{p.name} ({p.design}), protocol {p.hash[:16]}{' (frozen)' if store.frozen else ''}")
+    print(f"event log: {msg}" + ("" if ok else "  <-- TAMPERED"))
+    for r in p.readers:
+        s = ReaderSession(store, r.id)
+        done, total = s.progress()
+        cur = s.current()
+        print(f"  {r.id:<12} {done}/{total} read" + (f", next: {cur['case']} (session {cur['session']}, {cur['arm']})" if cur else ", finished"))
+    return 0 if ok else 2
+
+
+def cmd_study_export(args: argparse.Namespace) -> int:
+    from sirad_viewer.study.analysis import write_export
+
+    out = write_export(_open_store(args.study), args.out)
+    print(f"written {out}")
+    return 0
+
+
+def cmd_study_analyse(args: argparse.Namespace) -> int:
+    from sirad_viewer.study.analysis import analyse
+
+    out = args.out or str(Path(args.study).with_suffix("")) + "-analysis"
+    res = analyse(_open_store(args.study), out, n_boot=args.bootstrap)
+    for r in res["per_reader_arm"]:
+        a5, a3, ap = r["accuracy_5"], r["accuracy_3"], r["accuracy_patient"]
+        print(f"  {r['reader']:<8} {r['arm']:<22} acc5 {a5[0]:.3f} ({a5[1]:.3f}-{a5[2]:.3f})  acc3 {a3[0]:.3f}  "
+              f"patient {ap[0]:.3f}  kappa_q {r['kappa_vs_reference']['quadratic']:.3f}")
+    print(f"report: {Path(out) / 'report.html'}")
+    return 0 if res["chain_ok"] else 2
+
+
+def cmd_study_mrmc(args: argparse.Namespace) -> int:
+    from sirad_viewer.study.mrmc import from_records, or_analysis, read_ratings_csv
+
+    try:
+        recs = read_ratings_csv(args.ratings)
+        ratings, truth, treatments, readers, _ = from_records(recs)
+        res = or_analysis(ratings, truth, treatments=treatments, readers=readers)
+    except (OSError, ValueError) as exc:
+        print(f"sirad study mrmc: {args.ratings}: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json(res.to_dict())
+        return 0
+    print(f"{len(readers)} readers, {len(treatments)} treatments, {res.n_cases} cases ({res.n_diseased} diseased)")
+    for i, t in enumerate(res.treatments):
+        print(f"  treatment {t}: mean AUC {res.auc[i].mean():.5f}  readers " + " ".join(f"{v:.4f}" for v in res.auc[i]))
+    r = res.rrrc
+    print(f"random readers, random cases: F({r['ndf']}, {r['ddf']:.2f}) = {r['f']:.3f}, p = {r['p']:.4f}")
+    if "comparison" in r:
+        print(f"  {r['comparison']}: {r['diff']:+.5f}, 95% CI ({r['ci'][0]:.5f}, {r['ci'][1]:.5f})")
+    print(f"fixed readers, random cases:  chi2 = {res.frrc['chi2']:.4f}, p = {res.frrc['p']:.4f}")
+    print(f"random readers, fixed cases:  F = {res.rrfc['f']:.3f}, p = {res.rrfc['p']:.4f}")
+    return 0
+
+
+def cmd_study_demo(args: argparse.Namespace) -> int:
+    from sirad_viewer.study.demo import run_demo
+
+    run_demo(args.out, n_cases=args.cases)
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +259,37 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seeded variation of size, pose, table position, slice geometry, noise and blur")
     ph.add_argument("--site", default="phantom-A", help="scanner-like profile with --vary (phantom-A/B/C)")
     ph.set_defaults(func=cmd_phantom)
+
+    st = sub.add_parser("study", help="reader studies: create, add-cases, status, export, analyse, mrmc, demo")
+    ss = st.add_subparsers(dest="study_command", metavar="STUDY_COMMAND")
+    c = ss.add_parser("create", help="create a study file from a protocol (YAML or JSON)")
+    c.add_argument("study", help="study file (SQLite) or an SQLAlchemy URL")
+    c.add_argument("--protocol", required=True)
+    c.set_defaults(func=cmd_study_create)
+    c = ss.add_parser("add-cases", help="add cases (CSV: id,path,study_uid,left,right,site; or YAML) before grading starts")
+    c.add_argument("study")
+    c.add_argument("cases")
+    c.set_defaults(func=cmd_study_add_cases)
+    c = ss.add_parser("status", help="progress per reader and the event log's integrity")
+    c.add_argument("study")
+    c.set_defaults(func=cmd_study_status)
+    c = ss.add_parser("export", help="long table: reader, case, joint, arm, pre/post-AI grade, AI grade, reference, times")
+    c.add_argument("study")
+    c.add_argument("--out", required=True, help="FILE.csv or FILE.json")
+    c.set_defaults(func=cmd_study_export)
+    c = ss.add_parser("analyse", help="accuracy, kappa, unaided vs aided, reveal effects, MRMC; figures and report.html")
+    c.add_argument("study")
+    c.add_argument("--out", help="output folder (default: STUDY-analysis)")
+    c.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (patients)")
+    c.set_defaults(func=cmd_study_analyse)
+    c = ss.add_parser("mrmc", help="Obuchowski-Rockette MRMC on reader,treatment,case,truth,rating CSV")
+    c.add_argument("ratings")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_study_mrmc)
+    c = ss.add_parser("demo", help="a small phantom study with two simulated readers, analysed end to end")
+    c.add_argument("out")
+    c.add_argument("--cases", type=int, default=8)
+    c.set_defaults(func=cmd_study_demo)
     return p
 
 
@@ -137,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
+        if args.command == "study":
+            parser.parse_args(["study", "--help"])
         parser.print_help()
         return 0
     try:
