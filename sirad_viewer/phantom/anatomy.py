@@ -168,7 +168,9 @@ class Anatomy:
         # 1. auricular block facing the sacrum
         xs = self.joint_surface_x(u, w, side)
         gap = self.gap_width(u, w, side)
-        med = xa - (xs + gap / 2.0)
+        # Facing the sacrum across the joint; outside the auricular surface the interosseous
+        # ligament keeps the ilium well clear of the sacrum (no bony contact there).
+        med = np.where(self.in_joint_region(u, w), xa - (xs + gap / 2.0), xa - (self.half_width(u) + 6.0))
         lat = (xs + 38.0) - xa
         du = np.minimum(u - (JOINT_U[0] - 4), (JOINT_U[1] + 6) - u)
         dw = (self.half_thickness(u) + 8.0) - np.abs(w - self.mid_w(u) - 2.0)
@@ -186,7 +188,9 @@ class Anatomy:
         shell = half_t - np.abs(r - 1.0) * 0.5 * (axx + ayy)
         crest = 64.0 - z - 0.004 * p[..., 1] ** 2
         notch = np.sqrt((p[..., 1] - 48.0) ** 2 + ((z + 48.0) * 1.3) ** 2) - 36.0  # greater sciatic notch
-        wing = np.minimum(np.minimum(shell, crest), np.minimum(notch, s * p[..., 0] - 30.0))
+        # posteriorly the wing joins the auricular block laterally; it never reaches the joint
+        medial_limit = 30.0 + 34.0 * _clamp01((p[..., 1] + 10.0) / 30.0)
+        wing = np.minimum(np.minimum(shell, crest), np.minimum(notch, s * p[..., 0] - medial_limit))
         wing = np.minimum(wing, np.minimum(p[..., 1] + 62.0, 70.0 - p[..., 1]))
         # the anterior wing ends laterally (anterior superior iliac spine), never near the midline
         wing = np.minimum(wing, s * p[..., 0] - 30.0 - 1.3 * np.maximum(0.0, -(p[..., 1] + 5.0)))

@@ -109,8 +109,9 @@ def random_spec(seed: int, *, left_grade: int | None = None, right_grade: int | 
     spacing = float(thickness * rng.choice([0.5, 0.75, 1.0, 1.0]))
     spacing = max(0.6, min(3.0, spacing))
     pixel = float(rng.uniform(*prof["pixel"]))
-    m = matrix or 256
-    fov = float(np.clip(pixel * m, 300.0, 420.0)) if matrix is None else pixel * m
+    fov = float(rng.uniform(320.0, 420.0))  # always the whole pelvis
+    # the site's pixel size sets the matrix unless the caller fixes it (small matrices: coarser pixels)
+    m = int(matrix) if matrix is not None else int(np.clip(round(fov / pixel), 128, 512))
     return PhantomSpec(
         left_grade=lg, right_grade=rg, seed=seed, scale=float(rng.uniform(0.9, 1.1)),
         rotation_deg=tuple(float(v) for v in rng.uniform(-4, 4, size=3)),  # type: ignore[arg-type]

@@ -100,6 +100,8 @@ def test_varied_specs_cover_the_requested_ranges():
     assert np.ptp(th) > 1.0
     assert max(abs(a) for s in specs for a in s.rotation_deg) <= 4.0
     assert len({s.table_offset_mm for s in specs}) == len(specs)
+    assert all(320 <= s.fov_mm <= 420 for s in specs)  # the whole pelvis, whatever the matrix
+    assert all(320 <= random_spec(s, matrix=96).fov_mm <= 420 for s in range(5))
     with pytest.raises(ValueError):
         PhantomSpec(left_grade=5)
 
