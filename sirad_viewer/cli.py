@@ -92,6 +92,19 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_phantom_dataset(args: argparse.Namespace) -> int:
+    from sirad_viewer.phantom.dataset import make_dataset
+
+    def progress(k: int, n: int) -> None:
+        if k == n or k % max(1, n // 10) == 0:
+            print(f"  {k}/{n} phantoms", flush=True)
+
+    path = make_dataset(args.out, args.n, site=args.site, seed=args.seed, matrix=args.matrix, fmt=args.format,
+                        workers=args.workers, progress=progress)
+    print(f"dataset written: {path} (synthetic phantoms with planted fake identities; not patient data)")
+    return 0
+
+
 # --- study ---------------------------------------------------------------------------------
 
 def _open_store(path: str):
@@ -259,6 +272,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seeded variation of size, pose, table position, slice geometry, noise and blur")
     ph.add_argument("--site", default="phantom-A", help="scanner-like profile with --vary (phantom-A/B/C)")
     ph.set_defaults(func=cmd_phantom)
+
+    pd = sub.add_parser("phantom-dataset", help="write a labelled phantom set and its DATA.csv",
+                        description="Write N varied phantoms with balanced grades and DATA.csv (image, left, right, "
+                                    "site, split, labels, truth) for 'sirad train' and 'sirad evaluate'. --site "
+                                    "changes scanner-like properties to mimic another centre.")
+    pd.add_argument("--n", type=int, required=True)
+    pd.add_argument("--out", required=True)
+    pd.add_argument("--site", default="phantom-A", help="phantom-A, phantom-B or phantom-C")
+    pd.add_argument("--seed", type=int, default=0)
+    pd.add_argument("--matrix", type=int, default=128, help="in-plane matrix (default 128; the FOV stays 320-420 mm)")
+    pd.add_argument("--format", choices=("nifti", "dicom"), default="nifti")
+    pd.add_argument("--workers", type=int, default=None, help="processes (default: the CPU count)")
+    pd.set_defaults(func=cmd_phantom_dataset)
 
     st = sub.add_parser("study", help="reader studies: create, add-cases, status, export, analyse, mrmc, demo")
     ss = st.add_subparsers(dest="study_command", metavar="STUDY_COMMAND")

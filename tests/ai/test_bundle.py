@@ -1,0 +1,99 @@
+"""Model bundles: round trip, checksum, metadata validation, no pickle, entry points (tiny random nets)."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from sirad_viewer.ai import bundle as B  # noqa: E402
+
+ARCH = {"type": "densenet", "config": {"init_features": 4, "growth_rate": 4, "block_config": [1, 1]}}
+
+
+def metadata(**over):
+    meta = {
+        "name": "tiny-test", "version": "0.0.1", "architecture": ARCH,
+        "input": {"spacing_mm": [1.5, 1.5, 1.5], "size": [16, 16, 16], "intensity_window_hu": [-200, 1500],
+                  "mirror_left": True},
+        "classes": [0, 1, 2, 3, 4], "groups": [[0, 1], [2, 3], [4]],
+        "training_data": {"kind": "random", "n": 0}, "metrics": {}, "intended_use": "tests only",
+        "disclaimer": "random weights",
+    }
+    meta.update(over)
+    return meta
+
+
+@pytest.fixture()
+def saved(tmp_path):
+    torch.manual_seed(0)
+    net = B.build_network(ARCH, n_classes=5).eval()
+    return net, B.save_bundle(net, metadata(), tmp_path / "b")
+
+
+def test_round_trip_gives_the_same_outputs(saved):
+    net, bundle = saved
+    x = torch.randn(2, 1, 16, 16, 16)
+    again = B.load_bundle(bundle.path).build_network()
+    with torch.no_grad():
+        assert torch.allclose(net(x), again(x), atol=1e-6)
+    meta = json.loads((bundle.path / "metadata.json").read_text())
+    assert meta["weights"]["sha256"] == B.sha256_of(bundle.weights_path)
+
+
+def test_changed_weights_are_refused(saved):
+    _, bundle = saved
+    data = bytearray(bundle.weights_path.read_bytes())
+    data[-1] ^= 0xFF
+    bundle.weights_path.write_bytes(bytes(data))
+    with pytest.raises(B.BundleError) as ei:
+        B.load_bundle(bundle.path)
+    assert "checksum" in ei.value.message and ei.value.path.endswith("model.safetensors")
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"classes": [0, 1, 2]}, "classes"),
+    ({"groups": [[0, 1], [2, 3]]}, "groups"),
+    ({"intended_use": 7}, "intended_use"),
+    ({"schema_version": 99}, "schema_version"),
+])
+def test_bad_metadata_names_the_problem(saved, change, needle):
+    _, bundle = saved
+    meta = json.loads((bundle.path / "metadata.json").read_text())
+    meta.update(change)
+    (bundle.path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(B.BundleError, match=needle):
+        B.load_bundle(bundle.path)
+
+
+def test_pickled_weights_are_never_loaded(saved):
+    _, bundle = saved
+    meta = json.loads((bundle.path / "metadata.json").read_text())
+    torch.save({"x": torch.zeros(1)}, bundle.path / "model.pt")
+    meta["weights"]["file"] = "model.pt"
+    (bundle.path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(B.BundleError, match="pickle"):
+        B.load_bundle(bundle.path)
+
+
+def test_weights_that_do_not_fit_the_architecture(saved, tmp_path):
+    _, bundle = saved
+    meta = json.loads((bundle.path / "metadata.json").read_text())
+    meta["architecture"] = {"type": "densenet", "config": {"init_features": 8, "growth_rate": 4, "block_config": [1, 1]}}
+    (bundle.path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(B.BundleError, match="do not fit"):
+        B.load_bundle(bundle.path).build_network()
+
+
+def test_discovery_from_folder_and_entry_points(saved, tmp_path, monkeypatch):
+    _, bundle = saved
+    broken = tmp_path / "models" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "metadata.json").write_text("{not json")
+    ep = SimpleNamespace(name="plugin", load=lambda: (lambda: [str(bundle.path)]))
+    monkeypatch.setattr(B.importlib_metadata, "entry_points", lambda group: [ep] if group == B.ENTRY_POINT_GROUP else [])
+    bundles, problems = B.discover_bundles(tmp_path / "models")
+    assert [b.name for b in bundles] == ["tiny-test"]
+    assert len(problems) == 1 and "broken" in problems[0]
