@@ -66,18 +66,19 @@ def _work_grid(volume: Volume, spacing_mm: float, *, bone_hu: float = 150.0, mar
     from sirad_viewer.imaging import geometry as geo
 
     v = volume.reoriented()
-    idx = np.argwhere(v.array[:: max(1, v.shape[0] // 200)] > bone_hu) if v.array.size else np.empty((0, 3))
-    mask_idx = np.argwhere(v.array > bone_hu)
-    if len(mask_idx) == 0:
+    mask = v.array > bone_hu
+    if not mask.any():
         return v.resampled(np.full(3, float(spacing_mm)), order=1)
-    lo_i, hi_i = mask_idx.min(axis=0), mask_idx.max(axis=0)
+    # bounding box from the three axis projections (no voxel list for a large CT)
+    spans = [np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
+    lo_i = np.array([sp[0] for sp in spans])
+    hi_i = np.array([sp[-1] for sp in spans])
     lo_w = v.index_to_world(lo_i) - margin_mm
     hi_w = v.index_to_world(hi_i) + margin_mm
     b = v.bounds_world()
     lo_w, hi_w = np.maximum(lo_w, b[0]), np.minimum(hi_w, b[1])
     shape = tuple(int(n) for n in np.floor((hi_w - lo_w)[::-1] / spacing_mm).astype(int) + 1)  # (z, y, x)
     aff = geo.make_affine(lo_w, np.eye(3)[::-1], (spacing_mm,) * 3)
-    del idx
     return resample_to(v, aff, shape, order=1)
 
 
