@@ -236,12 +236,103 @@ def cmd_study_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- AI: grade, train, evaluate ----------------------------------------------------------------
+
+def _grade_text(d: dict) -> str:
+    lines = [f"model      {d['model']['name']} {d['model']['version']} (segmentation: {d['model'].get('segmentation', '?')})",
+             f"device     {d['device']}"]
+    for side in ("right", "left"):
+        j = d["joints"][side]
+        probs = " ".join(f"{g}:{p:.2f}" for g, p in enumerate(j["probabilities"]))
+        cats = " ".join(f"{p:.2f}" for p in j["category3_probabilities"])
+        c = j["center_lps_mm"]
+        lines.append(f"{side:<6} SIJ  grade {j['grade']}  (p {probs})  3-category {j['category3_label']} "
+                     f"(p {cats})  at ({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}) mm LPS")
+    pt = d["patient"]
+    lines.append(f"patient    modified New York {'POSITIVE' if pt['as_positive'] else 'negative'} "
+                 f"(P(positive) = {pt['probability']:.2f} under the joint model)")
+    lines.append("timings    " + ", ".join(f"{k} {v:.2f} s" for k, v in d["timings_s"].items()))
+    for w in d["warnings"]:
+        lines.append(f"warning    {w}")
+    lines.append(f"NOTE       {d['disclaimer']}")
+    return "\n".join(lines)
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    from sirad_viewer.ai.pipeline import Grader, find_bundle, write_heatmaps
+    from sirad_viewer.io import load_series, scan
+
+    try:
+        result = scan(args.path)
+        volume = load_series(result.series[result.chosen])
+        grader = Grader(find_bundle("grading", args.bundle), find_bundle("segmentation", args.segmenter),
+                        device=args.device)
+        res = grader(volume, heatmaps=bool(args.heatmaps),
+                     progress=(lambda s, f: print(f"  {s}...", file=sys.stderr)) if args.verbose else None)
+    except SiradError as exc:
+        if args.json:
+            Path(args.json).write_text(json.dumps({"error": exc.to_dict()}, indent=2) + "\n")
+        raise
+    d = res.to_dict()
+    d["source"] = str(args.path)
+    if args.heatmaps:
+        paths = write_heatmaps(res, volume, args.heatmaps)
+        d["heatmaps"] = {p.stem.split("_")[-1].split(".")[0]: str(p) for p in paths}
+    if args.json:
+        if args.json == "-":
+            _print_json(d)
+        else:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(d, indent=2) + "\n")
+    if args.json != "-":
+        print(_grade_text(d))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sirad_viewer.ai.pipeline import find_bundle
+    from sirad_viewer.ai.train import train_grader
+
+    b = train_grader(args.data, args.out, segmenter=find_bundle("segmentation", args.segmenter), epochs=args.epochs,
+                     batch_size=args.batch_size, lr=args.lr, patience=args.patience, seed=args.seed, resume=args.resume,
+                     name=args.name, version=args.model_version, device=args.device, spacing_mm=args.spacing,
+                     size=args.size)
+    m = b.metadata
+    print(f"wrote {b.path}: {b.name} {b.version}, temperature {m['calibration']['temperature']}, "
+          f"validation accuracy {m['metrics']['validation']['accuracy']}, "
+          f"quadratic kappa {m['metrics']['validation']['kappa_quadratic']}")
+    return 0
+
+
+def cmd_train_segmenter(args: argparse.Namespace) -> int:
+    from sirad_viewer.ai.segnet import train_segmenter
+
+    def prog(i: int, n: int, loss: float) -> None:
+        if i % 25 == 0 or i == n:
+            print(f"step {i}/{n} loss {loss:.3f}", file=sys.stderr, flush=True)
+
+    b = train_segmenter(args.data, args.out, steps=args.steps, spacing_mm=args.spacing, seed=args.seed, progress=prog)
+    print(f"wrote {b.path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from sirad_viewer.ai.evaluate import evaluate
+
+    doc = evaluate(args.data, args.bundle, args.out, by=args.by, split=args.split, device=args.device)
+    print((Path(args.out) / "summary.md").read_text())
+    print(f"wrote {args.out}/metrics.json, summary.md, predictions.csv and ROC curves"
+          + (f"; {len(doc['problems'])} case(s) skipped" if doc["problems"] else ""))
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sirad",
-        description="SIRAD Viewer command line: inspect CT series, make synthetic phantoms.",
+        description="SIRAD Viewer command line: inspect CT series, grade sacroiliac joints with the AI model, "
+                    "train and evaluate models, make synthetic phantoms, run reader studies.",
     )
     p.add_argument("--version", action="version", version=f"sirad {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
@@ -285,6 +376,55 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--format", choices=("nifti", "dicom"), default="nifti")
     pd.add_argument("--workers", type=int, default=None, help="processes (default: the CPU count)")
     pd.set_defaults(func=cmd_phantom_dataset)
+
+    g = sub.add_parser("grade", help="grade both sacroiliac joints of a CT with the AI model",
+                       description="Segment the pelvis, find both sacroiliac joints, grade each 0-4 (modified New York) "
+                                   "with calibrated probabilities, the 3-category result and the patient-level rule. "
+                                   "The demo models are phantom-trained: not for clinical use.")
+    g.add_argument("path", help="CT: file, DICOM folder or .zip")
+    g.add_argument("--json", metavar="OUT", help="write the JSON result to OUT ('-' for standard output)")
+    g.add_argument("--heatmaps", metavar="DIR", help="write one Grad-CAM NIfTI per joint on the CT grid")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    g.add_argument("--bundle", help="grading bundle folder (default: the installed one)")
+    g.add_argument("--segmenter", help="segmentation bundle folder (default: the installed one)")
+    g.set_defaults(func=cmd_grade)
+
+    t = sub.add_parser("train", help="train a grading bundle from DATA.csv",
+                       description="Train the 3D DenseNet grader on DATA.csv (image,left,right,site,split): the same "
+                                   "segmentation and localisation as 'sirad grade', cached crops, augmentation, class "
+                                   "weighting, early stopping, per-epoch checkpoints (--resume), temperature scaling.")
+    t.add_argument("--data", required=True)
+    t.add_argument("--out", required=True, help="bundle folder to write")
+    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--patience", type=int, default=8, help="early stopping: epochs without validation improvement")
+    t.add_argument("--spacing", type=float, default=1.25, help="crop voxel size in mm")
+    t.add_argument("--size", type=int, default=64, help="crop edge in voxels")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    t.add_argument("--name", default="sij-densenet")
+    t.add_argument("--model-version", default="0.1.0")
+    t.add_argument("--segmenter", help="segmentation bundle (default: the installed one)")
+    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    t.set_defaults(func=cmd_train)
+
+    t = sub.add_parser("train-segmenter", help="train the pelvic-bone segmentation UNet from DATA.csv with a labels column")
+    t.add_argument("--data", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--steps", type=int, default=800)
+    t.add_argument("--spacing", type=float, default=4.0)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_train_segmenter)
+
+    e = sub.add_parser("evaluate", help="AUC with CI, kappas, confusion matrices and ROC curves of a bundle on DATA.csv")
+    e.add_argument("--data", required=True)
+    e.add_argument("--bundle", help="grading bundle (default: the installed one)")
+    e.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
+    e.add_argument("--by", choices=("site",), help="also report per site")
+    e.add_argument("--split", default="auto", help="train, val, test, all or auto (test when present, else all)")
+    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    e.set_defaults(func=cmd_evaluate)
 
     st = sub.add_parser("study", help="reader studies: create, add-cases, status, export, analyse, mrmc, demo")
     ss = st.add_subparsers(dest="study_command", metavar="STUDY_COMMAND")

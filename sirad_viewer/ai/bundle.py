@@ -44,7 +44,9 @@ REQUIRED: dict[str, type | tuple[type, ...]] = {
     "weights": dict,
 }
 REQUIRED_INPUT = {"spacing_mm": list, "size": list, "intensity_window_hu": list, "mirror_left": bool}
-ARCHITECTURES = {"densenet"}
+ARCHITECTURES = {"densenet", "unet"}
+TASKS = {"grading", "segmentation"}
+SEGMENTATION_CLASSES = ["background", "sacrum", "left_ilium", "right_ilium", "other_bone"]
 
 
 class BundleError(SiradError):
@@ -65,6 +67,10 @@ class ModelBundle:
     @property
     def version(self) -> str:
         return str(self.metadata["version"])
+
+    @property
+    def task(self) -> str:
+        return str(self.metadata.get("task", "grading"))
 
     @property
     def weights_path(self) -> Path:
@@ -94,13 +100,21 @@ class ModelBundle:
 
 
 def build_network(architecture: dict[str, Any], *, n_classes: int):
-    """A MONAI DenseNet from ``{"type": "densenet", "config": {...}}`` (single-channel 3D input)."""
+    """A MONAI network from ``{"type": "densenet" | "unet", "config": {...}}`` (single-channel 3D input)."""
     kind = str(architecture.get("type", "")).lower()
     if kind not in ARCHITECTURES:
         raise BundleError(f"architecture type {architecture.get('type')!r} is not supported; known: {sorted(ARCHITECTURES)}")
+    cfg = dict(architecture.get("config", {}))
+    if kind == "unet":
+        from monai.networks.nets import UNet
+
+        cfg.setdefault("channels", (8, 16, 32, 64))
+        cfg.setdefault("strides", (2, 2, 2))
+        cfg.setdefault("num_res_units", 1)
+        cfg["channels"], cfg["strides"] = tuple(cfg["channels"]), tuple(cfg["strides"])
+        return UNet(spatial_dims=3, in_channels=1, out_channels=n_classes, **cfg)
     from monai.networks.nets import DenseNet
 
-    cfg = dict(architecture.get("config", {}))
     cfg.setdefault("init_features", 16)
     cfg.setdefault("growth_rate", 8)
     cfg.setdefault("block_config", (4, 4, 4))
@@ -133,11 +147,22 @@ def validate_metadata(meta: Any, *, path: Path) -> None:
             raise BundleError(f"metadata.json: input.{key} is missing or not {typ.__name__}", path=path)
     if len(meta["input"]["spacing_mm"]) != 3 or len(meta["input"]["size"]) != 3:
         raise BundleError("metadata.json: input.spacing_mm and input.size need 3 values (slice, row, column)", path=path)
-    if meta["classes"] != [0, 1, 2, 3, 4]:
-        raise BundleError(f"metadata.json: classes must be the grades [0, 1, 2, 3, 4], got {meta['classes']}", path=path)
-    flat = sorted(g for grp in meta["groups"] for g in grp)
-    if flat != [0, 1, 2, 3, 4]:
-        raise BundleError(f"metadata.json: groups must cover grades 0-4 exactly once, got {meta['groups']}", path=path)
+    task = meta.get("task", "grading")
+    if task not in TASKS:
+        raise BundleError(f"metadata.json: task {task!r} is not one of {sorted(TASKS)}", path=path)
+    if str(meta["architecture"].get("type", "")).lower() not in ARCHITECTURES:
+        raise BundleError(f"metadata.json: architecture type {meta['architecture'].get('type')!r} is not supported; "
+                          f"known: {sorted(ARCHITECTURES)}", path=path)
+    if task == "segmentation":
+        if meta["classes"] != SEGMENTATION_CLASSES:
+            raise BundleError(f"metadata.json: segmentation classes must be {SEGMENTATION_CLASSES}, got {meta['classes']}",
+                              path=path)
+    else:
+        if meta["classes"] != [0, 1, 2, 3, 4]:
+            raise BundleError(f"metadata.json: classes must be the grades [0, 1, 2, 3, 4], got {meta['classes']}", path=path)
+        flat = sorted(g for grp in meta["groups"] for g in grp)
+        if flat != [0, 1, 2, 3, 4]:
+            raise BundleError(f"metadata.json: groups must cover grades 0-4 exactly once, got {meta['groups']}", path=path)
     w = meta["weights"]
     if not isinstance(w.get("file"), str) or not isinstance(w.get("sha256"), str) or len(w["sha256"]) != 64:
         raise BundleError("metadata.json: weights needs 'file' and a 64-hex-digit 'sha256'", path=path)

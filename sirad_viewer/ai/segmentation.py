@@ -1,6 +1,7 @@
 """Pelvic-bone segmentation without a network: sacrum, left ilium, right ilium, other bone.
 
-**Status: experimental, not yet used by any workflow.** Measured on three varied phantoms (160
+**Status: fallback.** The pipeline uses the learned UNet (:mod:`sirad_viewer.ai.segnet`) and falls
+back to this method only when no segmentation bundle is installed. Measured on three varied phantoms (160
 matrix, i.e. 2.25 mm pixels; grades 0-4 including fused joints): Dice sacrum 0.75-0.80, ilia
 0.81-0.86, other bone 0.56-0.63 (``tests/ai/test_segmentation.py``); the issue's target is 0.9.
 Known causes: the 1 mm work grid and the coarse phantom grid disagree by a voxel at every border
@@ -59,6 +60,15 @@ class Segmentation:
 
     def mask(self, label: int) -> np.ndarray:
         return self.labels == label
+
+    # the same interface as the learned segmentation's coarse grid (localisation reads these)
+    @property
+    def coarse_labels(self) -> np.ndarray:
+        return self.labels
+
+    @property
+    def affine(self) -> np.ndarray:
+        return self.volume.affine
 
 
 def _work_grid(volume: Volume, spacing_mm: float, *, bone_hu: float = 150.0, margin_mm: float = 10.0) -> Volume:

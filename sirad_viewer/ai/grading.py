@@ -1,0 +1,185 @@
+"""Joint crops, calibrated grade probabilities, the patient-level rule, and Grad-CAM in CT space.
+
+Crops are world-aligned cubes (canonical axes: slice = superior, row = posterior, column = patient
+left) centred on each joint, sampled at the bundle's spacing and size. The left joint's crop is
+mirrored through its sagittal plane so that one network reads both joints as right joints.
+Everything that maps crops back to the CT (heatmaps) inverts exactly that sampling.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from sirad_viewer.ai import grid as G
+from sirad_viewer.imaging.volume import Volume
+
+GRADES = (0, 1, 2, 3, 4)
+DEFAULT_GROUPS = [[0, 1], [2, 3], [4]]
+
+
+@dataclass
+class CropSpec:
+    spacing_mm: np.ndarray  # (3,) along (slice, row, column)
+    size: np.ndarray  # (3,) voxels
+    window_hu: tuple[float, float]
+    mirror_left: bool
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> "CropSpec":
+        inp = meta["input"]
+        return cls(np.asarray(inp["spacing_mm"], float), np.asarray(inp["size"], int),
+                   (float(inp["intensity_window_hu"][0]), float(inp["intensity_window_hu"][1])), bool(inp["mirror_left"]))
+
+    def points(self, center_lps: Sequence[float], side: str, *, pad: int = 0) -> np.ndarray:
+        return G.box_points(center_lps, G.CANONICAL_DIRECTIONS, self.size + 2 * pad, self.spacing_mm,
+                            mirror_x=self.mirror_left and side == "left")
+
+
+def _sub_block(volume: Volume, pts: np.ndarray, pad: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """The CT block covering ``pts`` (as float32) and the index offset of its first voxel."""
+    idx = volume.world_to_index(pts.reshape(-1, 3))
+    shape = np.asarray(volume.shape)
+    lo = np.clip(np.floor(idx.min(axis=0)).astype(int) - pad, 0, shape)
+    hi = np.clip(np.ceil(idx.max(axis=0)).astype(int) + pad + 1, 0, shape)
+    return volume.array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], lo
+
+
+def extract_crop(volume: Volume, center_lps: Sequence[float], side: str, spec: CropSpec, *, pad: int = 0,
+                 fill_hu: float = -1024.0) -> np.ndarray:
+    """The joint crop in HU (float32, shape ``spec.size + 2*pad``); left crops mirrored when the spec says so."""
+    from scipy import ndimage
+
+    pts = spec.points(center_lps, side, pad=pad)
+    block, lo = _sub_block(volume, pts)
+    if block.size == 0:
+        return np.full(tuple(spec.size + 2 * pad), fill_hu, np.float32)
+    idx = volume.world_to_index(pts.reshape(-1, 3)) - lo
+    out = ndimage.map_coordinates(block, idx.T, order=1, mode="constant", cval=fill_hu, prefilter=False,
+                                  output=np.float32)
+    return out.reshape(pts.shape[:-1])
+
+
+def normalise(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    lo, hi = window
+    return ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / max(float(temperature), 1e-6)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature minimising the negative log-likelihood on a validation split (Guo et al. 2017)."""
+    from scipy.optimize import minimize_scalar
+
+    logits = np.asarray(logits, float)
+    labels = np.asarray(labels, int)
+
+    def nll(log_t: float) -> float:
+        p = softmax(logits, float(np.exp(log_t)))
+        return float(-np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None))))
+
+    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(res.x))
+
+
+def group_probabilities(probs: np.ndarray, groups: Sequence[Sequence[int]] = DEFAULT_GROUPS) -> np.ndarray:
+    return np.array([float(sum(probs[g] for g in grp)) for grp in groups])
+
+
+def patient_rule(left: int, right: int) -> bool:
+    """Modified New York radiological criterion: grade >= 2 on both sides or >= 3 on one side."""
+    return (left >= 2 and right >= 2) or left >= 3 or right >= 3
+
+
+def patient_probability(p_left: np.ndarray, p_right: np.ndarray) -> float:
+    """P(modified New York positive) with the two joints' grade distributions taken as independent."""
+    return float(sum(p_left[a] * p_right[b] for a in GRADES for b in GRADES if patient_rule(a, b)))
+
+
+# --- Grad-CAM ---------------------------------------------------------------------------------
+
+
+def gradcam(network, x, target: int):
+    """Grad-CAM (Selvaraju et al.) on the last feature map of a MONAI DenseNet.
+
+    ``x`` is a (1, 1, D, H, W) tensor; returns the (D, H, W) map (numpy, >= 0, max 1 unless all zero)
+    upsampled linearly to the input size, and the logits.
+    """
+    import torch
+
+    with torch.enable_grad():
+        xin = x.detach().requires_grad_(False)
+        feats = network.features(xin)
+        feats.retain_grad()
+        logits = network.class_layers(feats)
+        network.zero_grad(set_to_none=True)
+        logits[0, int(target)].backward()
+        grads = feats.grad
+        acts = torch.relu(feats)
+        weights = grads.mean(dim=(2, 3, 4), keepdim=True)
+        cam = torch.relu((weights * acts).sum(dim=1, keepdim=True))
+        cam = torch.nn.functional.interpolate(cam, size=tuple(x.shape[2:]), mode="trilinear", align_corners=False)
+    cam = cam[0, 0].detach().float().cpu().numpy()
+    m = float(cam.max())
+    if m > 0:
+        cam /= m
+    return cam, logits.detach().float().cpu().numpy()[0]
+
+
+@dataclass
+class Heatmap:
+    """A joint's heatmap on the CT grid, stored as the block of CT voxels it covers."""
+
+    side: str
+    target_grade: int
+    block: np.ndarray  # float32, values 0..1
+    offset: np.ndarray  # CT index (slice, row, column) of block[0, 0, 0]
+    ct_shape: tuple[int, int, int]
+
+    def full(self) -> np.ndarray:
+        out = np.zeros(self.ct_shape, np.float32)
+        o = self.offset
+        s = self.block.shape
+        out[o[0]:o[0] + s[0], o[1]:o[1] + s[1], o[2]:o[2] + s[2]] = self.block
+        return out
+
+    def peak_index(self) -> np.ndarray:
+        return np.asarray(np.unravel_index(int(np.argmax(self.block)), self.block.shape)) + self.offset
+
+
+def cam_to_ct(cam: np.ndarray, volume: Volume, center_lps: Sequence[float], side: str, spec: CropSpec,
+              region=None, *, target_grade: int = 0) -> Heatmap:
+    """Map a crop-space map back onto the CT grid: undo resampling, crop and mirror exactly.
+
+    ``region`` (an object with ``contains(points)``, e.g. a :class:`JointBox`) limits the map to the joint.
+    """
+    from scipy import ndimage
+
+    pts = spec.points(center_lps, side)
+    corners = np.array([pts[i, j, k] for i in (0, -1) for j in (0, -1) for k in (0, -1)])
+    _, lo = _sub_block(volume, corners, pad=1)
+    idx = volume.world_to_index(corners)
+    shape = np.asarray(volume.shape)
+    hi = np.clip(np.ceil(idx.max(axis=0)).astype(int) + 2, 0, shape)
+    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), axis=-1)
+    world = volume.index_to_world(grid.reshape(-1, 3))
+    # world -> crop index: inverse of box_points (offset from centre, un-mirror, canonical axes, spacing)
+    off = world - np.asarray(center_lps, float)
+    if spec.mirror_left and side == "left":
+        off[:, 0] *= -1.0
+    crop_idx = (off @ G.CANONICAL_DIRECTIONS.T) / spec.spacing_mm + (spec.size - 1) / 2.0
+    vals = ndimage.map_coordinates(cam.astype(np.float32), crop_idx.T, order=1, mode="constant", cval=0.0,
+                                   prefilter=False)
+    if region is not None:
+        vals = vals * region.contains(world)
+    block = vals.reshape(grid.shape[:-1]).astype(np.float32)
+    m = float(block.max()) if block.size else 0.0
+    if m > 0:
+        block /= m
+    return Heatmap(side, int(target_grade), block, lo, volume.shape)

@@ -1,0 +1,166 @@
+"""Grading plumbing with tiny random networks: crops, mirroring, heatmap mapping, Grad-CAM, device policy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sirad_viewer.ai import grading as GR
+from sirad_viewer.imaging import geometry as geo
+from sirad_viewer.imaging.volume import Volume
+
+
+def _spec(size=24, sp=2.0, mirror=True):
+    return GR.CropSpec(np.full(3, sp), np.full(3, size, int), (-200.0, 1500.0), mirror)
+
+
+def _stored_differently(vol: Volume, perm, flip) -> Volume:
+    arr = np.transpose(vol.array, perm)
+    axes = tuple(i for i, f in enumerate(flip) if f)
+    if axes:
+        arr = np.flip(arr, axis=axes)
+    return vol.with_array(np.ascontiguousarray(arr), geo.permute_affine(vol.affine, vol.shape, perm, flip))
+
+
+@pytest.fixture(scope="module")
+def ct(small_phantom):
+    return small_phantom(0, 4, seed=3, matrix=96).volume
+
+
+def test_patient_rule_and_probability():
+    assert GR.patient_rule(2, 2) and GR.patient_rule(3, 0) and GR.patient_rule(0, 4)
+    assert not GR.patient_rule(1, 2) and not GR.patient_rule(1, 1) and not GR.patient_rule(0, 2)
+    one = np.eye(5)
+    for a in range(5):
+        for b in range(5):
+            assert GR.patient_probability(one[a], one[b]) == float(GR.patient_rule(a, b))
+    p = np.array([0.5, 0, 0.5, 0, 0])  # grade 0 or 2, each side independently
+    assert GR.patient_probability(p, p) == pytest.approx(0.25)  # positive only when both are 2
+
+
+def test_groups_sum_grade_probabilities():
+    p = np.array([0.1, 0.2, 0.3, 0.15, 0.25])
+    np.testing.assert_allclose(GR.group_probabilities(p), [0.3, 0.45, 0.25])
+    np.testing.assert_allclose(GR.group_probabilities(p, [[0], [1, 2, 3, 4]]), [0.1, 0.9])
+
+
+def test_temperature_scaling_softens_overconfident_logits():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 400)
+    logits = rng.normal(0, 1, (400, 5))
+    logits[np.arange(400), y] += 1.5  # informative ...
+    logits *= 6.0  # ... but far too confident
+    t = GR.fit_temperature(logits, y)
+    assert t > 2.0
+    nll = lambda tt: -np.mean(np.log(GR.softmax(logits, tt)[np.arange(400), y]))  # noqa: E731
+    assert nll(t) < nll(1.0) - 0.3
+
+
+@pytest.mark.parametrize("perm,flip", [((0, 2, 1), (False, True, False)), ((2, 1, 0), (True, False, True)),
+                                       ((0, 1, 2), (True, True, True))])
+def test_crops_do_not_depend_on_how_the_ct_is_stored(ct, perm, flip):
+    spec = _spec()
+    c = ct.center_world() + np.array([40.0, 10.0, 5.0])
+    other = _stored_differently(ct, perm, flip)
+    for side in ("left", "right"):
+        a = GR.extract_crop(ct, c, side, spec)
+        b = GR.extract_crop(other, c, side, spec)
+        np.testing.assert_allclose(a, b, atol=1e-2)
+
+
+def test_crop_survives_resampling(ct):
+    spec = _spec()
+    c = ct.center_world() + np.array([40.0, 10.0, 5.0])
+    fine = ct.resampled(ct.spacing * np.array([0.5, 0.8, 0.8]), order=1)
+    a, b = GR.extract_crop(ct, c, "right", spec), GR.extract_crop(fine, c, "right", spec)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.97
+
+
+def test_left_crop_is_the_mirror_image_of_the_right(ct):
+    # a CT mirrored left-right about x = c: the left joint there must read as the right joint here
+    spec = _spec()
+    c = ct.center_world()
+    mirror = np.diag([-1.0, 1.0, 1.0, 1.0])
+    mirror[0, 3] = 2 * c[0]
+    flipped = ct.with_array(ct.array, mirror @ ct.affine)
+    p = c + np.array([-45.0, 12.0, 3.0])
+    p_m = p * np.array([-1, 1, 1]) + np.array([2 * c[0], 0, 0])
+    np.testing.assert_allclose(GR.extract_crop(ct, p, "right", spec), GR.extract_crop(flipped, p_m, "left", spec), atol=1e-2)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_heatmap_maps_back_to_the_same_world_point(ct, side):
+    spec = _spec(size=24, sp=2.0)
+    centre = ct.center_world() + np.array([30.0, -5.0, 8.0])
+    cam = np.zeros(tuple(spec.size), np.float32)
+    k = np.array([6, 15, 4])  # an off-centre crop voxel
+    cam[tuple(k)] = 1.0
+    from scipy import ndimage
+
+    cam = ndimage.gaussian_filter(cam, 1.5)
+    cam /= cam.max()
+    pts = spec.points(centre, side)
+    expected = pts[tuple(k)]
+    for vol in (ct, _stored_differently(ct, (2, 0, 1), (True, False, True))):
+        hm = GR.cam_to_ct(cam, vol, centre, side, spec)
+        assert hm.block.max() == pytest.approx(1.0)
+        peak = vol.index_to_world(hm.peak_index())
+        assert np.linalg.norm(peak - expected) < 1.5 * max(vol.spacing)
+        full = hm.full()
+        assert full.shape == vol.shape and full.max() == pytest.approx(1.0)
+
+
+def test_heatmap_is_limited_to_the_region(ct):
+    from sirad_viewer.ai.localise import JointBox
+
+    spec = _spec(size=24, sp=2.0)
+    centre = ct.center_world()
+    box = JointBox("right", centre, np.eye(3), np.array([10.0, 10.0, 10.0]), 1)
+    hm = GR.cam_to_ct(np.ones(tuple(spec.size), np.float32), ct, centre, "right", spec, box)
+    idx = np.argwhere(hm.block > 0) + hm.offset
+    assert len(idx) and box.contains(ct.index_to_world(idx)).all()
+
+
+def _tiny_densenet():
+    from sirad_viewer.ai.bundle import build_network
+
+    return build_network({"type": "densenet", "config": {"init_features": 4, "growth_rate": 4, "block_config": [2, 2]}},
+                         n_classes=5).eval()
+
+
+def test_gradcam_depends_on_the_weights():
+    import torch
+
+    torch.manual_seed(0)
+    net = _tiny_densenet()
+    x = torch.rand(1, 1, 24, 24, 24)
+    cam1, logits = GR.gradcam(net, x, 3)
+    assert cam1.shape == (24, 24, 24) and logits.shape == (5,)
+    assert 0.0 <= cam1.min() and cam1.max() <= 1.0
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn_like(p))
+    cam2, _ = GR.gradcam(net, x, 3)
+    assert not np.allclose(cam1, cam2, atol=1e-3)
+
+
+def test_device_policy():
+    import torch
+
+    from sirad_viewer.ai.pipeline import DeviceError, _on_device, resolve_device
+
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") in ("cpu", "mps")
+        with pytest.raises(DeviceError, match="CUDA"):
+            resolve_device("cuda")
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(DeviceError, match="unknown device"):
+        resolve_device("tpu")
+
+    def fn(d):
+        if d == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return d
+
+    warnings: list[str] = []
+    assert _on_device(fn, "cuda", "grade", warnings) == "cpu"
+    assert "out of memory" in warnings[0] and "'grade'" in warnings[0]

@@ -1,0 +1,102 @@
+"""Training and evaluation tools: DATA.csv checks, a short run that learns grade 0 vs 4, metrics, resume."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from sirad_viewer.ai.evaluate import auc, metrics_for
+from sirad_viewer.ai.train import DataError, read_data_csv
+
+
+def _write_csv(path, rows, header=("image", "left", "right", "site", "split")):
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def test_data_csv_errors_name_the_file_and_line(tmp_path):
+    p = _write_csv(tmp_path / "DATA.csv", [["a.nii.gz", "0", "7", "X", "train"]])
+    with pytest.raises(DataError, match=r"line 2: right grade 7 is outside 0-4") as ei:
+        read_data_csv(p)
+    assert "DATA.csv" in ei.value.user_message()
+    p = _write_csv(tmp_path / "D2.csv", [["a.nii.gz", "x", "1", "X", "train"]])
+    with pytest.raises(DataError, match="not a number"):
+        read_data_csv(p)
+    p = _write_csv(tmp_path / "D3.csv", [["a.nii.gz", "1"]], header=("image", "left"))
+    with pytest.raises(DataError, match="lacks the column"):
+        read_data_csv(p)
+    p = _write_csv(tmp_path / "D4.csv", [["a.nii.gz", "1", "", "X", "holdout"]])
+    with pytest.raises(DataError, match="split 'holdout'"):
+        read_data_csv(p)
+    p = _write_csv(tmp_path / "D5.csv", [["sub/a.nii.gz", "1", "", "", ""]])
+    (row,) = read_data_csv(p)
+    assert row.image == tmp_path / "sub" / "a.nii.gz" and row.right is None and row.split == "train"
+
+
+def test_auc_and_metrics_on_known_predictions():
+    assert auc([0.1, 0.2, 0.8, 0.9], [False, False, True, True]) == 1.0
+    assert auc([0.5, 0.5], [False, True]) == 0.5
+    assert np.isnan(auc([0.1, 0.2], [True, True]))
+    eye = np.eye(5)
+    preds = [{"image": f"c{i}", "side": s, "site": "A", "truth": g, "probabilities": list(eye[g])}
+             for i, g in enumerate([0, 1, 2, 3, 4, 0, 2, 4]) for s in ("left", "right")]
+    m = metrics_for(preds, [[0, 1], [2, 3], [4]], n_boot=50)
+    assert m["accuracy"] == 1.0 and m["accuracy_3cat"] == 1.0
+    assert m["kappa_quadratic"]["kappa"] == pytest.approx(1.0)
+    assert all(v["auc"] == 1.0 for v in m["auc_per_grade"].values())
+    assert np.trace(np.array(m["confusion_5"])) == 16 and m["patient"]["accuracy"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def zero_vs_four(tmp_path_factory):
+    """14 phantoms whose joints are grade 0 or 4 (train 10, val 2, test 2), written as a DATA.csv."""
+    from sirad_viewer.phantom import make_phantom, random_spec, write_phantom
+
+    root = tmp_path_factory.mktemp("zv4")
+    rows = []
+    for i in range(14):
+        left, right = (0, 4) if i % 2 == 0 else (4, 0)
+        if i % 3 == 0:
+            left = right = 4 * (i % 2)
+        split = "train" if i < 10 else ("val" if i < 12 else "test")
+        files = write_phantom(make_phantom(random_spec(700_000 + i, left_grade=left, right_grade=right, matrix=96)),
+                              root / f"c{i}")
+        rows.append([f"c{i}/ct.nii.gz", str(left), str(right), "phantom-A", split])
+    return _write_csv(root / "DATA.csv", rows)
+
+
+def test_short_training_learns_grade_0_from_grade_4(zero_vs_four, tmp_path):
+    from sirad_viewer.ai.bundle import load_bundle
+    from sirad_viewer.ai.evaluate import evaluate
+    from sirad_viewer.ai.train import train_grader
+
+    tiny = {"init_features": 8, "growth_rate": 4, "block_config": [2, 2]}
+    b = train_grader(zero_vs_four, tmp_path / "b", config=tiny, spacing_mm=2.5, size=32, epochs=12, patience=12,
+                     batch_size=4, lr=3e-3, device="cpu", progress=False, log_fn=lambda m: None)
+    meta = load_bundle(b.path).metadata
+    assert meta["calibration"]["temperature"] > 0 and meta["training_data"]["train_joints"] == 20
+    assert (tmp_path / "b" / "checkpoints" / "last.pt").exists()
+    doc = evaluate(zero_vs_four, b.path, tmp_path / "ev", split="all", device="cpu", n_boot=50, progress=False)
+    m = doc["results"]["all"]
+    assert m["auc_per_grade"]["4"]["auc"] > 0.9, m["auc_per_grade"]["4"]
+    for f in ("metrics.json", "summary.md", "predictions.csv", "roc_all.png"):
+        assert (tmp_path / "ev" / f).exists()
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["model"]["name"] == b.name
+
+
+def test_resume_continues_from_the_checkpoint(zero_vs_four, tmp_path):
+    from sirad_viewer.ai.train import train_grader
+
+    tiny = {"init_features": 4, "growth_rate": 4, "block_config": [2]}
+    kw = dict(config=tiny, spacing_mm=2.5, size=32, batch_size=4, device="cpu", progress=False, patience=50)
+    msgs: list[str] = []
+    train_grader(zero_vs_four, tmp_path / "b", epochs=2, log_fn=msgs.append, **kw)
+    msgs.clear()
+    b = train_grader(zero_vs_four, tmp_path / "b", epochs=3, resume=True, log_fn=msgs.append, **kw)
+    assert any("resumed" in m and "epoch 2" in m for m in msgs)
+    assert [h["epoch"] for h in b.metadata["training_data"]["history"]] == [1, 2, 3]
