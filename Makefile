@@ -62,7 +62,10 @@ run: system venv
 	      --screenshot $(OUT)/viewer-$$layout.png || exit 1; \
 	  done; \
 	  $(VENV)/bin/sirad info $(DEMO) > $(OUT)/series-report.txt; \
-	  echo "screenshots and the series report are in $(abspath $(OUT))"; \
+	  $(VENV)/bin/sirad grade $(DEMO) --json $(OUT)/ai-report.json --heatmaps $(OUT)/heatmaps \
+	    > $(OUT)/ai-report.txt || exit 1; \
+	  cat $(OUT)/ai-report.txt; \
+	  echo "screenshots, the series report and the AI report are in $(abspath $(OUT))"; \
 	fi
 
 test: system venv

@@ -143,6 +143,9 @@ def main() -> int:
     rows += viewer.slice_rendering(big)
     rows += viewer.open_to_first_image(unc)
     rows += viewer.mesh_on_screen(big)
+    import grade  # noqa: E402
+
+    rows += grade.grading(max(2, args.repeat // 2))
     print()
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; {time.time() - t0:.0f} s")
     print_table(rows)

@@ -18,7 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", help="CT file, DICOM folder or .zip to open")
     p.add_argument("--series", type=int, default=None, help="series number (1-based) to open instead of the default")
     p.add_argument("--screenshot", metavar="FILE.png", help="load, render the layout, write the image and exit")
-    p.add_argument("--layout", choices=("sij", "1x1", "1x2", "2x2"), help="reading layout (default: the saved one, or sij)")
+    p.add_argument("--layout", choices=("sij", "1x1", "1x2", "2x2", "joints"),
+                   help="reading layout (default: the saved one, or sij; joints = both joints side by side, after the reveal)")
+    p.add_argument("--grades", metavar="RIGHT,LEFT",
+                   help="with --screenshot: enter these reader grades, lock them and show the revealed AI result")
+    p.add_argument("--report", metavar="FILE.html|pdf", help="with --grades: also write the case report")
     p.add_argument("--sacral-axis", metavar="X1,Y1,Z1,X2,Y2,Z2",
                    help="two LPS points (mm) along the sacrum that set the oblique coronal plane, as a "
                         "drag on the sagittal view does")
@@ -41,11 +45,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("sirad-viewer: --sacral-axis needs six numbers: X1,Y1,Z1,X2,Y2,Z2 (LPS mm)", file=sys.stderr)
             return 2
         axis = (vals[:3], vals[3:])
+    grades = None
+    if args.grades:
+        try:
+            grades = tuple(int(v) for v in args.grades.split(","))
+        except ValueError:
+            grades = ()
+        if len(grades) != 2 or not all(0 <= g <= 4 for g in grades):
+            print("sirad-viewer: --grades needs two grades 0-4: RIGHT,LEFT", file=sys.stderr)
+            return 2
     from sirad_viewer.qt.app import run
 
     return run(path=args.path, series=None if args.series is None else args.series - 1,
                screenshot=args.screenshot, layout=args.layout,
-               sacral_axis=axis)
+               sacral_axis=axis, grades=grades, report=args.report)
 
 
 if __name__ == "__main__":  # pragma: no cover

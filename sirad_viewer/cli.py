@@ -319,10 +319,29 @@ def cmd_train_segmenter(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from sirad_viewer.ai.evaluate import evaluate
 
-    doc = evaluate(args.data, args.bundle, args.out, by=args.by, split=args.split, device=args.device)
+    doc = evaluate(args.data, args.bundle, args.out, by=args.by, split=args.split, device=args.device,
+                   segmenter_path=args.segmenter)
     print((Path(args.out) / "summary.md").read_text())
     print(f"wrote {args.out}/metrics.json, summary.md, predictions.csv and ROC curves"
           + (f"; {len(doc['problems'])} case(s) skipped" if doc["problems"] else ""))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sirad_viewer.ai.pipeline import Grader, find_bundle
+    from sirad_viewer.io import load_series, scan
+    from sirad_viewer.state.reading import default_log_path, latest_reading
+    from sirad_viewer.viz.report import write_report
+
+    result = scan(args.path)
+    volume = load_series(result.series[result.chosen])
+    grader = Grader(find_bundle("grading", args.bundle), device=args.device)
+    res = grader(volume, heatmaps=True)
+    reading = latest_reading(args.reads or default_log_path(), str(Path(args.path).resolve()))
+    if args.right is not None or args.left is not None:
+        reading = {"case": str(args.path), "pre_ai": {"right": args.right, "left": args.left, "at": None}, "post_ai": None}
+    out = write_report(args.out, volume, res, reading, grader.bundle.metadata)
+    print(f"report written to {out}" + ("" if reading else " (no reader grades found for this case)"))
     return 0
 
 
@@ -420,11 +439,25 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="AUC with CI, kappas, confusion matrices and ROC curves of a bundle on DATA.csv")
     e.add_argument("--data", required=True)
     e.add_argument("--bundle", help="grading bundle (default: the installed one)")
+    e.add_argument("--segmenter", help="segmentation bundle (default: the installed one)")
     e.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
     e.add_argument("--by", choices=("site",), help="also report per site")
     e.add_argument("--split", default="auto", help="train, val, test, all or auto (test when present, else all)")
     e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("report", help="case report (HTML or PDF): key images, reader and AI grades, model card",
+                       description="Run the AI on PATH and write a case report: oblique coronal key images through "
+                                   "each joint with and without the heatmap, the reader's grades before and after the "
+                                   "AI (from the reads log, or --right/--left), AI grades and probabilities.")
+    r.add_argument("path")
+    r.add_argument("--out", required=True, help="FILE.html or FILE.pdf")
+    r.add_argument("--right", type=int, choices=range(5), metavar="0-4", help="reader's pre-AI grade, right joint")
+    r.add_argument("--left", type=int, choices=range(5), metavar="0-4", help="reader's pre-AI grade, left joint")
+    r.add_argument("--reads", help="reads log (default: the viewer's, $SIRAD_READS)")
+    r.add_argument("--bundle", help="grading bundle (default: the installed one)")
+    r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    r.set_defaults(func=cmd_report)
 
     st = sub.add_parser("study", help="reader studies: create, add-cases, status, export, analyse, mrmc, demo")
     ss = st.add_subparsers(dest="study_command", metavar="STUDY_COMMAND")

@@ -155,7 +155,8 @@ def summary_markdown(results: dict[str, Any], model: dict[str, str]) -> str:
 
 
 def evaluate(data_csv: str | Path, bundle_path: str | Path | None, out_dir: str | Path, *, by: str | None = None,
-             split: str = "auto", device: str = "auto", n_boot: int = 1000, progress: bool = True) -> dict[str, Any]:
+             split: str = "auto", device: str = "auto", n_boot: int = 1000, progress: bool = True,
+             segmenter_path: str | Path | None = None) -> dict[str, Any]:
     """Predict every graded joint of the chosen rows and write the metrics; returns the metrics dict."""
     from sirad_viewer.ai.pipeline import Grader, find_bundle
     from sirad_viewer.errors import SiradError
@@ -168,7 +169,8 @@ def evaluate(data_csv: str | Path, bundle_path: str | Path | None, out_dir: str 
         rows = [r for r in rows if r.split == split]
     if not rows:
         raise DataError(f"has no rows in split {split!r}", path=Path(data_csv))
-    grader = Grader(find_bundle("grading", bundle_path), device=device)
+    seg = find_bundle("segmentation", segmenter_path) if segmenter_path else None
+    grader = Grader(find_bundle("grading", bundle_path), seg, device=device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     preds: list[dict[str, Any]] = []

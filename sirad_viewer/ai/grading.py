@@ -73,8 +73,12 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Temperature minimising the negative log-likelihood on a validation split (Guo et al. 2017)."""
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, bounds: tuple[float, float] = (0.5, 20.0)) -> float:
+    """Temperature minimising the negative log-likelihood on a validation split (Guo et al. 2017).
+
+    Bounded: a small validation split that the network separates perfectly would drive the
+    temperature to zero (ever sharper, one-hot probabilities), which it cannot justify.
+    """
     from scipy.optimize import minimize_scalar
 
     logits = np.asarray(logits, float)
@@ -84,7 +88,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         p = softmax(logits, float(np.exp(log_t)))
         return float(-np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None))))
 
-    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    res = minimize_scalar(nll, bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded")
     return float(np.exp(res.x))
 
 

@@ -5,7 +5,7 @@ folder or zip), ``left`` and ``right`` (grades 0-4; empty when a side cannot be 
 ``site``, ``split`` (train / val / test). Nothing here knows about phantoms: each CT goes through
 the same segmentation and localisation as ``sirad grade``, and the joint crops are cached.
 
-Training: class-weighted cross-entropy, augmentation (shifts of the crop within a margin,
+Training: class-weighted cross-entropy, AdamW with a cosine learning-rate schedule, augmentation (shifts of the crop within a margin,
 intensity gain/offset, noise), early stopping on the validation loss, a checkpoint after every
 epoch (``--resume`` continues from it), then temperature scaling on the validation split, and a
 bundle written with its metrics.
@@ -216,6 +216,7 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
         f"{np.round(weights, 2).tolist()}")
     net = build_network(arch, n_classes=5).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1), eta_min=lr * 0.02)
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=dev))
     ckpt = out_dir / "checkpoints" / "last.pt"
     start, best, best_state, bad, history = 0, float("inf"), None, 0, []
@@ -223,6 +224,7 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
         st = torch.load(ckpt, map_location=dev, weights_only=True)
         net.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
         start, best, bad = int(st["epoch"]) + 1, float(st["best"]), int(st["bad"])
         best_state = st["best_model"]
         history = json.loads(st["history"])
@@ -255,6 +257,7 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
             tot += float(loss.detach()) * len(idx)
             if bar:
                 bar.update(info=f"loss {float(loss.detach()):.3f}")
+        sched.step()
         lv = val_logits(net)
         vloss = float(loss_fn(torch.from_numpy(lv).to(dev), torch.from_numpy(yv).to(dev)))
         vacc = float(np.mean(lv.argmax(1) == yv))
@@ -266,7 +269,8 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
         else:
             bad += 1
         ckpt.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "best": best, "bad": bad,
+        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "epoch": epoch, "best": best, "bad": bad,
                     "best_model": best_state, "history": json.dumps(history)}, ckpt)
         if bad >= patience:
             say(f"early stop: no validation improvement for {patience} epochs")

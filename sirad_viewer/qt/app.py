@@ -20,6 +20,8 @@ from sirad_viewer import __version__
 from sirad_viewer.errors import SiradError
 from sirad_viewer.imaging.display import PRESETS
 from sirad_viewer.qt import workers
+from sirad_viewer.qt.ai_panel import AIPanel
+from sirad_viewer.state.reading import Reading
 from sirad_viewer.qt.slice_view import SliceView
 from sirad_viewer.state.viewer import LAYOUTS, ViewerState
 
@@ -133,6 +135,7 @@ class MainWindow(QtWidgets.QMainWindow):
     volume_ready = QtCore.pyqtSignal(object)
     mesh_ready = QtCore.pyqtSignal(object)
     load_failed = QtCore.pyqtSignal(object)
+    ai_finished = QtCore.pyqtSignal(object)
 
     def __init__(self, *, settings: Settings | None = None, state: ViewerState | None = None,
                  interactive: bool = True, with_3d: bool = True) -> None:
@@ -144,6 +147,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.resize(1500, 950)
         self.setAcceptDrops(True)
         self.views: dict[str, QtWidgets.QWidget] = {n: SliceView(self.state, n) for n in ("oblique", "axial", "coronal", "sagittal")}
+        # side-by-side joints: two oblique coronal views, each centred on one joint; they share the
+        # crosshair, so scrolling one scrolls both
+        self.views["joint-right"] = SliceView(self.state, "oblique")
+        self.views["joint-left"] = SliceView(self.state, "oblique")
         self.view3d = None
         if with_3d:
             from sirad_viewer.qt.view3d import View3D
@@ -164,9 +171,15 @@ class MainWindow(QtWidgets.QMainWindow):
         self.state.layout_changed.connect(lambda *_: self._apply_layout())
         self.state.volume_changed.connect(lambda *_: self._show_series_info())
         saved_layout = str(self.settings.get("layout", "sij"))
-        self.state.set_layout(saved_layout if saved_layout in LAYOUTS else "sij")
+        self.state.set_layout(saved_layout if saved_layout in LAYOUTS and saved_layout != "joints" else "sij")
         self._apply_layout()
         self._worker: workers.Worker | None = None
+        self._ai_worker: workers.Worker | None = None
+        self._grader = None
+        self._grader_lock = __import__("threading").Lock()
+        self.reading: Reading | None = None
+        self.ai_volume = None  # the CT exactly as the AI read it (heatmaps live on its grid)
+        self._layout_before_joints = "sij"
         self.volume = None
         self.mesh = None
         self.warnings_text = ""
@@ -186,6 +199,32 @@ class MainWindow(QtWidgets.QMainWindow):
         dock.setWidget(self.info)
         self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, dock)
         self.series_dock = dock
+        self.ai_panel = AIPanel()
+        scroll = QtWidgets.QScrollArea()
+        scroll.setWidget(self.ai_panel)
+        scroll.setWidgetResizable(True)
+        ai_dock = QtWidgets.QDockWidget("Reading and AI", self)
+        ai_dock.setObjectName("ai-dock")
+        ai_dock.setWidget(scroll)
+        ai_dock.setMinimumWidth(400)
+        scroll.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, ai_dock)
+        self.splitDockWidget(ai_dock, dock, QtCore.Qt.Orientation.Vertical)
+        self.ai_dock = ai_dock
+        p = self.ai_panel
+        p.grading.lock_requested.connect(self.lock_and_reveal)
+        p.run_requested.connect(self.start_ai)
+        p.cancel_requested.connect(self.cancel_ai)
+        p.jump_requested.connect(self.jump_to_joint)
+        p.side_by_side_requested.connect(self.set_side_by_side)
+        p.report_requested.connect(self.report_dialog)
+        p.overlay_changed.connect(self._on_overlay_control)
+        for key, fn in ([(str(g), lambda g=g: p.grading.grade_key(g)) for g in range(5)]
+                        + [("S", p.grading.switch_side), ("Ctrl+Return", self.lock_and_reveal),
+                           ("H", self.toggle_heatmap), ("J", lambda: self.jump_to_joint("right")),
+                           ("K", lambda: self.jump_to_joint("left"))]):
+            sc = QtGui.QShortcut(QtGui.QKeySequence(key), self)
+            sc.activated.connect(fn)
 
     def _build_status(self) -> None:
         self.progress = QtWidgets.QProgressBar()
@@ -224,6 +263,14 @@ class MainWindow(QtWidgets.QMainWindow):
         txt.toggled.connect(self.state.set_show_patient_text)
         v.addAction("Set sacral axis (drag along the sacrum on the sagittal view)", QtGui.QKeySequence("Ctrl+L"),
                     self.start_axis_mode)
+        a = mb.addMenu("&AI")
+        vis = a.addAction("AI visible at once (clinical reading, not for studies)")
+        vis.setCheckable(True)
+        vis.setChecked(self._ai_visible_at_once())
+        vis.toggled.connect(self._set_ai_visible_at_once)
+        a.addAction("Run AI on this case", self.start_ai)
+        a.addAction("Cancel AI", self.cancel_ai)
+        a.addAction("Case report...", self.report_dialog)
         h = mb.addMenu("&Help")
         h.addAction("About SIRAD Viewer", self.about)
 
@@ -254,6 +301,8 @@ class MainWindow(QtWidgets.QMainWindow):
             return [(self.active_view if self.active_view in self.views else "oblique", 0, 0, 1, 1)]
         if name == "1x2":
             return [("oblique", 0, 0, 1, 1), ("axial", 0, 1, 1, 1)]
+        if name == "joints":
+            return [("joint-right", 0, 0, 1, 1), ("joint-left", 0, 1, 1, 1)]
         return [("axial", 0, 0, 1, 1), ("coronal", 0, 1, 1, 1), ("sagittal", 1, 0, 1, 1),
                 ("3d" if has3d else "oblique", 1, 1, 1, 1)]
 
@@ -346,11 +395,15 @@ class MainWindow(QtWidgets.QMainWindow):
                                      on_done=self._on_loaded, on_error=self._on_failed, on_progress=self._on_progress)
 
     def _on_loaded(self, volume: Any) -> None:
+        self.ai_volume = volume
+        self._new_reading(self._path)
         self.state.set_volume(volume)
         self.volume = self.state.volume
         self.settings.add_recent(self._path)
         self.statusBar().showMessage("loaded")
         self.volume_ready.emit(self.state.volume)
+        if self.settings.get("ai_autorun", True) not in (False, "false"):
+            self.start_ai()
         if self.view3d is not None:
             from sirad_viewer.viz.bone_mesh import bone_mesh
 
@@ -364,6 +417,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.mesh = mesh
         if self.view3d is not None:
             self.view3d.set_mesh(mesh)
+            self._update_3d_heatmap()
         self._busy(False)
         self.statusBar().showMessage(f"ready: bone surface {mesh.n_cells} triangles")
         self.mesh_ready.emit(mesh)
@@ -410,6 +464,201 @@ class MainWindow(QtWidgets.QMainWindow):
         loop.exec()
         return done["ok"]
 
+    # --- reading and AI ----------------------------------------------------------------------------
+    def _ai_visible_at_once(self) -> bool:
+        return self.settings.get("ai_visible_at_once", False) in (True, "true")
+
+    def _set_ai_visible_at_once(self, on: bool) -> None:
+        self.settings.set("ai_visible_at_once", bool(on))
+        self.statusBar().showMessage("applies from the next case opened")
+
+    def _new_reading(self, path: str) -> None:
+        from sirad_viewer.state.reading import default_log_path
+
+        log_path = self.settings.get("reads_log") or default_log_path()
+        self.reading = Reading(case=str(Path(path).resolve()), reader=str(self.settings.get("reader", "reader")),
+                               ai_visible_at_once=self._ai_visible_at_once(), log_path=Path(log_path))
+        self.reading.changed.connect(self._on_reading_changed)
+        self.ai_panel.bind(self.reading)
+        if self.state.layout == "joints":
+            self.set_side_by_side(False)
+
+    def _get_grader(self):
+        with self._grader_lock:
+            if self._grader is None:
+                from sirad_viewer.ai.pipeline import Grader
+
+                self._grader = Grader(device=str(self.settings.get("ai_device", "auto")))
+            return self._grader
+
+    def start_ai(self) -> None:
+        """Run the AI in the background; its result goes into the reading, hidden until the lock."""
+        if self.ai_volume is None or self.reading is None:
+            return
+        if self._ai_worker is not None and not self._ai_worker.finished.is_set():
+            return
+        vol, reading = self.ai_volume, self.reading
+
+        def job(progress, cancel):
+            progress(0.0, "loading the model")
+            grader = self._get_grader()
+            return grader, grader(vol, progress=lambda stage, f: progress(f, stage), cancel=cancel)
+
+        self.ai_panel.set_running(True)
+        self._ai_worker = workers.start(job, on_done=lambda r: self._on_ai_done(reading, r),
+                                        on_error=lambda e: self._on_ai_failed(reading, e),
+                                        on_progress=lambda f, m: self.ai_panel.set_progress(f, m))
+
+    def cancel_ai(self) -> None:
+        if self._ai_worker is not None:
+            self._ai_worker.cancel()
+
+    def _on_ai_done(self, reading: Reading, out: Any) -> None:
+        grader, result = out
+        self.ai_panel.set_running(False)
+        self.ai_panel.set_model(grader.bundle.name, grader.bundle.version, grader.device)
+        if reading is self.reading:
+            reading.receive_ai(result)
+        self.ai_finished.emit(result)
+
+    def _on_ai_failed(self, reading: Reading, exc: BaseException) -> None:
+        self.ai_panel.set_running(False)
+        cancelled = isinstance(exc, SiradError) and exc.code == "cancelled"
+        if reading is self.reading and not cancelled:
+            reading.receive_ai(None, error=exc.user_message() if isinstance(exc, SiradError) else f"{type(exc).__name__}: {exc}")
+        self.ai_panel.set_progress(0.0, "cancelled" if cancelled else "failed")
+        self.ai_panel.refresh()
+        self.ai_finished.emit(None)
+
+    def lock_and_reveal(self) -> None:
+        if self.reading is None:
+            return
+        from sirad_viewer.state.reading import ReadingError
+
+        try:
+            if not self.reading.locked:
+                self.reading.lock()
+        except ReadingError as exc:
+            self.statusBar().showMessage(exc.message)
+            return
+
+    def _on_reading_changed(self) -> None:
+        r = self.reading
+        if r is None:
+            return
+        if r.locked and r.post is not None:
+            r.save_post()
+        res = r.ai
+        if res is not None and getattr(self, "_shown_result", None) is not res:
+            self._shown_result = res
+            self._show_ai(res)
+
+    def _show_ai(self, result: Any) -> None:
+        """Put the (revealed) AI result on the views: heatmap, bone labels, joint boxes, sacral axis."""
+        import numpy as np
+
+        vol = self.ai_volume
+        heat = np.zeros(vol.shape, np.float32)
+        for jr in result.joints.values():
+            hm = jr.heatmap
+            if hm is not None:
+                o, b = hm.offset, hm.block
+                sl = tuple(slice(o[i], o[i] + b.shape[i]) for i in range(3))
+                np.maximum(heat[sl], b, out=heat[sl])
+        labels = vol.with_array(result.segmentation.labels) if result.segmentation is not None else None
+        self.state.set_overlays(heatmap=vol.with_array(heat), labels=labels,
+                                boxes=[jr.box for jr in result.joints.values()])
+        if self.state.sacral_axis_source != "reader":
+            ax = result.localisation.sacral_axis
+            mid = (result.joints["left"].box.center_lps_mm + result.joints["right"].box.center_lps_mm) / 2.0
+            self.state.set_sacral_axis(ax[0] - ax[1], mid, source="segmentation")
+        for side in ("right", "left"):
+            self.views[f"joint-{side}"].set_focus(result.joints[side].box.center_lps_mm, 2.2,  # type: ignore[attr-defined]
+                                                   f"{side} SIJ")
+        self._update_3d_heatmap()
+
+    def _update_3d_heatmap(self) -> None:
+        if self.view3d is None or self.view3d.mesh is None:
+            return
+        ov = self.state.overlays
+        if self.reading is None or self.reading.ai is None or ov.heatmap is None:
+            return
+        self.view3d.set_heatmap(ov.heatmap if ov.heatmap_visible else None, threshold=ov.threshold,
+                                opacity=max(ov.opacity, 0.5))
+
+    def _on_overlay_control(self, changes: dict) -> None:
+        if self.reading is None or self.reading.ai is None:
+            return  # nothing of the AI is shown before the reveal
+        self.state.set_overlays(**changes)
+        if {"heatmap_visible", "threshold", "opacity"} & set(changes):
+            self._update_3d_heatmap()
+
+    def toggle_heatmap(self) -> None:
+        c = self.ai_panel.heat_check
+        c.setChecked(not c.isChecked())
+
+    def jump_to_joint(self, side: str) -> None:
+        if self.reading is None or self.reading.ai is None:
+            self.statusBar().showMessage("the joints are located by the AI: lock your grades first")
+            return
+        self.state.set_crosshair(self.reading.ai.joints[side].box.center_lps_mm)
+        self.statusBar().showMessage(f"centred on the {side} sacroiliac joint")
+
+    def set_side_by_side(self, on: bool) -> None:
+        if on and (self.reading is None or self.reading.ai is None):
+            self.ai_panel.side_by_side.setChecked(False)
+            return
+        if on and self.state.layout != "joints":
+            self._layout_before_joints = self.state.layout
+            mid = (self.reading.ai.joints["left"].box.center_lps_mm + self.reading.ai.joints["right"].box.center_lps_mm) / 2
+            self.state.set_crosshair(mid)
+            self.state.set_layout("joints")
+        elif not on and self.state.layout == "joints":
+            self.state.set_layout(self._layout_before_joints)
+        if self.ai_panel.side_by_side.isChecked() != on:
+            self.ai_panel.side_by_side.setChecked(on)
+
+    def report_dialog(self) -> None:
+        if self.reading is None or self.reading.ai is None:
+            self.statusBar().showMessage("the case report needs the AI result: lock your grades first")
+            return
+        path, _ = QtWidgets.QFileDialog.getSaveFileName(self, "Case report", "sirad-report.html",
+                                                        "HTML (*.html);;PDF (*.pdf)")
+        if path:
+            self.write_report(path)
+
+    def write_report(self, path: str) -> Path | None:
+        from sirad_viewer.viz.report import write_report
+
+        if self.reading is None or self.reading.ai is None:
+            return None
+        try:
+            out = write_report(path, self.ai_volume, self.reading.ai, self.reading.summary(),
+                               self._get_grader().bundle.metadata)
+        except SiradError as exc:
+            show_error(self, exc)
+            return None
+        self.statusBar().showMessage(f"report written to {out}")
+        return out
+
+    def wait_for_ai(self, timeout_ms: int = 300_000) -> bool:
+        if self._ai_worker is None:
+            return False
+        loop = QtCore.QEventLoop()
+        done = {"ok": False}
+
+        def finish(ok: bool) -> None:
+            done["ok"] = ok
+            loop.quit()
+
+        if self._ai_worker.finished.is_set():
+            QtWidgets.QApplication.processEvents()
+            return self.reading is not None and not self.reading.ai_pending
+        self.ai_finished.connect(lambda r: finish(r is not None))
+        QtCore.QTimer.singleShot(timeout_ms, lambda: finish(False))
+        loop.exec()
+        return done["ok"]
+
     # --- presets, axis, screenshots -------------------------------------------------------------
     def save_preset_dialog(self) -> None:
         name, ok = QtWidgets.QInputDialog.getText(self, "Save window preset", "Name:")
@@ -428,6 +677,10 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def export_layout(self, path: str) -> bool:
         return self._grab(self.grid_host).save(path)
+
+    def export_window(self, path: str) -> bool:
+        """The whole window: views, reading panel and series dock."""
+        return self._grab(self).save(path)
 
     def _grab(self, widget: QtWidgets.QWidget) -> QtGui.QPixmap:
         QtWidgets.QApplication.processEvents()
@@ -463,13 +716,20 @@ class MainWindow(QtWidgets.QMainWindow):
         self.settings.set("window_state", self.saveState())
         if self._worker is not None:
             self._worker.cancel()
+        self.cancel_ai()
+        if self._ai_worker is not None:
+            self._ai_worker.finished.wait(60)  # it stops at the next stage boundary
+        for w in (self._worker,):
+            if w is not None:
+                w.finished.wait(10)
         if self.view3d is not None:
             self.view3d.plotter.close()
         super().closeEvent(e)
 
 
 def run(path: str | None = None, *, series: int | None = None, screenshot: str | None = None,
-        layout: str | None = None, sacral_axis: tuple[Any, Any] | None = None) -> int:
+        layout: str | None = None, sacral_axis: tuple[Any, Any] | None = None,
+        grades: tuple[int, int] | None = None, report: str | None = None) -> int:
     if screenshot and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
@@ -477,7 +737,7 @@ def run(path: str | None = None, *, series: int | None = None, screenshot: str |
     app.setStyleSheet(DARK_QSS)
     with_3d = QtWidgets.QApplication.platformName() != "offscreen"  # QtInteractor needs a real (X) display
     win = MainWindow(interactive=screenshot is None, with_3d=with_3d)
-    if layout:
+    if layout and layout != "joints":
         win.state.set_layout(layout)
     win.show()
     if path:
@@ -492,10 +752,23 @@ def run(path: str | None = None, *, series: int | None = None, screenshot: str |
         if not ok:
             print(f"could not load {path}: {win.info.toPlainText()}", file=sys.stderr)
             return 2
+        if grades is not None:
+            # scripted reading: the reader's grades (right, left), lock, then the revealed AI
+            win.ai_panel.grading.reading.set_grade("right", grades[0])
+            win.reading.set_grade("left", grades[1])
+            win.lock_and_reveal()
+            if not win.wait_for_ai():
+                print(f"the AI did not finish: {win.ai_panel.hidden_label.text()}", file=sys.stderr)
+                return 2
+            if layout == "joints":
+                win.set_side_by_side(True)
+            if report:
+                win.write_report(report)
+                print(f"case report written to {report}")
         for _ in range(3):
             app.processEvents()
         Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
-        ok = win.export_layout(screenshot)
+        ok = win.export_window(screenshot) if grades is not None else win.export_layout(screenshot)
         print(f"screenshot written to {screenshot}" if ok else f"could not write {screenshot}")
         win.close()
         return 0 if ok else 1

@@ -65,6 +65,12 @@ class SliceView(QtWidgets.QWidget):
         state.window_changed.connect(self._on_window)
         state.oblique_changed.connect(self._invalidate)
         state.text_changed.connect(lambda *_: self.update())
+        state.overlay_changed.connect(self._on_overlay)
+        self._overlay: np.ndarray | None = None
+        self._overlay_qimage: QtGui.QImage | None = None
+        self._overlay_valid = False
+        self.focus_point: np.ndarray | None = None  # side-by-side joints: keep this LPS point centred
+        self.caption = ""
 
     # --- state events ----------------------------------------------------------------------
     def _on_volume(self, *_: object) -> None:
@@ -75,6 +81,7 @@ class SliceView(QtWidgets.QWidget):
         # in-plane moves only need the crosshair lines redrawn; a move along the normal re-slices
         if self._image is None or self.name == "oblique" or abs(self._plane_offset(point)) > 1e-6:
             self._image = None
+            self._overlay_valid = False
         self.update()
 
     def _plane_offset(self, point: np.ndarray) -> float:
@@ -91,7 +98,34 @@ class SliceView(QtWidgets.QWidget):
 
     def _invalidate(self, *_: object) -> None:
         self._image = None
+        self._overlay_valid = False
         self.update()
+
+    def _on_overlay(self, *_: object) -> None:
+        self._overlay_valid = False
+        self.update()
+
+    def set_focus(self, point: np.ndarray | None, zoom: float = 1.0, caption: str = "") -> None:
+        self.focus_point = None if point is None else np.asarray(point, float)
+        self.zoom, self.pan, self.caption = zoom, QtCore.QPointF(0, 0), caption
+        self.update()
+
+    def overlay(self) -> np.ndarray | None:
+        """The RGBA overlay drawn over this slice (heatmap, labels, boxes), or None."""
+        from sirad_viewer.viz.overlay import compose
+
+        img = self.slice_image()
+        if img is None:
+            return None
+        if not self._overlay_valid:
+            self._overlay = compose(img, self.state.overlays)
+            self._overlay_qimage = None
+            if self._overlay is not None:
+                h, w = self._overlay.shape[:2]
+                self._overlay = np.ascontiguousarray(self._overlay)
+                self._overlay_qimage = QtGui.QImage(self._overlay.data, w, h, 4 * w, QtGui.QImage.Format.Format_RGBA8888)
+            self._overlay_valid = True
+        return self._overlay
 
     # --- pixels ------------------------------------------------------------------------------
     def plane(self) -> rs.SlicePlane:
@@ -134,6 +168,10 @@ class SliceView(QtWidgets.QWidget):
         sx, sy = pw * fit, ph * fit
         ox = (self.width() - w * sx) / 2 + self.pan.x()
         oy = (self.height() - h * sy) / 2 + self.pan.y()
+        if self.focus_point is not None:
+            r, c = img.pixel_of(self.focus_point)
+            ox = self.width() / 2 - (c + 0.5) * sx + self.pan.x()
+            oy = self.height() / 2 - (r + 0.5) * sy + self.pan.y()
         t.translate(ox, oy)
         t.scale(sx, sy)
         return t
@@ -170,9 +208,30 @@ class SliceView(QtWidgets.QWidget):
         p.setTransform(self.image_transform())
         h, w = grey.shape
         p.drawImage(QtCore.QRectF(0, 0, w, h), self._qimage)
+        if self.overlay() is not None and self._overlay_qimage is not None:
+            p.drawImage(QtCore.QRectF(0, 0, w, h), self._overlay_qimage)
         p.restore()
         self._draw_overlays(p)
+        ov = self.state.overlays
+        if ov.heatmap is not None and ov.heatmap_visible:
+            self._draw_colour_bar(p)
         p.end()
+
+    def _draw_colour_bar(self, p: QtGui.QPainter) -> None:
+        from sirad_viewer.viz.overlay import HEAT_LUT
+
+        ov = self.state.overlays
+        H, W = self.height(), self.width()
+        bh = max(40, min(int(H * 0.3), H // 2 - 70))
+        x, y0 = W - 22, H // 2 + 24  # below the orientation letter, above the scale bar
+        for i in range(bh):
+            v = 1.0 - i / max(bh - 1, 1)
+            r, g, b = (int(c) for c in HEAT_LUT[int(v * 255)])
+            col = QtGui.QColor(r, g, b) if v >= ov.threshold else QtGui.QColor(40, 40, 40)
+            p.fillRect(QtCore.QRectF(x, y0 + i, 10, 1), col)
+        p.setPen(QtGui.QColor("#e6e6e6"))
+        p.drawText(QtCore.QRectF(x - 40, y0 - 16, 52, 14), QtCore.Qt.AlignmentFlag.AlignRight, "AI 1.0")
+        p.drawText(QtCore.QRectF(x - 40, y0 + bh + 2, 52, 14), QtCore.Qt.AlignmentFlag.AlignRight, "0.0")
 
     def _draw_overlays(self, p: QtGui.QPainter) -> None:
         st = self.state
@@ -207,6 +266,8 @@ class SliceView(QtWidgets.QWidget):
         offset = float(self.plane().normal @ st.crosshair)
         title = {"oblique": "oblique coronal"}.get(self.name, self.name)
         lines = [f"{title}  {offset:+.1f} mm", f"W {st.window.width:.0f}  L {st.window.level:.0f}"]
+        if self.caption:
+            lines.insert(0, self.caption)
         if self.name == "oblique" and st.sacral_axis is None:
             lines.append("axis: default 38° (drag along the sacrum on the sagittal view)")
         p.drawText(QtCore.QRectF(m, m, W, 60), QtCore.Qt.AlignmentFlag.AlignLeft, "\n".join(lines))

@@ -55,6 +55,32 @@ class View3D(QtWidgets.QWidget):
         self._cross_actor = None
         self.plotter.render()
 
+    def _base_rgb(self, mesh) -> np.ndarray:
+        if "label" in mesh.point_data:
+            return np.array([_hex(LABEL_COLOURS.get(int(v), BONE_COLOUR)) for v in mesh.point_data["label"]], dtype=np.uint8)
+        return np.tile(np.array(_hex(BONE_COLOUR), np.uint8), (mesh.n_points, 1))
+
+    def set_heatmap(self, heatmap, *, threshold: float = 0.2, opacity: float = 0.6) -> None:
+        """Colour the bone surface by the AI heatmap (a CT-grid volume) where it exceeds ``threshold``; None clears."""
+        from sirad_viewer.viz.overlay import HEAT_LUT
+
+        mesh = self.mesh
+        if mesh is None or not mesh.n_points:
+            return
+        rgb = self._base_rgb(mesh).astype(np.float32)
+        if heatmap is not None:
+            from scipy import ndimage
+
+            idx = heatmap.world_to_index(np.asarray(mesh.points, float))
+            heat = ndimage.map_coordinates(heatmap.array.astype(np.float32), idx.T, order=1, mode="constant", cval=0.0,
+                                           prefilter=False)
+            m = heat >= max(threshold, 1e-3)
+            col = HEAT_LUT[np.clip((heat[m] * 255).astype(int), 0, 255)].astype(np.float32)
+            rgb[m] = opacity * col + (1 - opacity) * rgb[m]
+        mesh.point_data["rgb"] = rgb.astype(np.uint8)
+        self.plotter.add_mesh(mesh, scalars="rgb", rgb=True, specular=0.3, name="bone", reset_camera=False)
+        self.plotter.render()
+
     def set_mesh(self, mesh) -> None:
         """Show a bone surface (LPS mm); coloured per bone when it carries labels."""
         self.plotter.clear_actors()  # clear() would drop the lights too

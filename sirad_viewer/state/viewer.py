@@ -7,7 +7,7 @@ event; the Qt views only redraw in response.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -18,7 +18,7 @@ from sirad_viewer.imaging.volume import Volume
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("sij", "1x1", "1x2", "2x2")
+LAYOUTS = ("sij", "1x1", "1x2", "2x2", "joints")
 VIEW_NAMES = ("axial", "coronal", "sagittal", "oblique")
 
 
@@ -49,6 +49,24 @@ class Window:
     preset: str = "custom"
 
 
+@dataclass
+class Overlays:
+    """What is drawn over the CT: the AI heatmap, segmentation labels and joint boxes.
+
+    ``heatmap`` and ``labels`` are volumes on the displayed CT grid (or None). ``boxes`` are
+    objects with ``side``, ``contains(points)`` and ``center_lps_mm`` (the localisation's boxes).
+    """
+
+    heatmap: Volume | None = None
+    heatmap_visible: bool = True
+    opacity: float = 0.45
+    threshold: float = 0.2
+    labels: Volume | None = None
+    labels_mode: str = "off"  # off | outline | fill
+    boxes: list = field(default_factory=list)
+    boxes_visible: bool = True
+
+
 class ViewerState:
     """Everything the reading views show, and the events they listen to."""
 
@@ -66,11 +84,33 @@ class ViewerState:
         self.oblique_changed = Signal()
         self.layout_changed = Signal()
         self.text_changed = Signal()
+        self.overlays = Overlays()
+        self.overlay_changed = Signal()
+
+    # --- overlays ------------------------------------------------------------------------------
+    def set_overlays(self, **changes: Any) -> None:
+        """Change overlay fields (heatmap, opacity, threshold, labels, labels_mode, boxes, ...)."""
+        for k, v in changes.items():
+            if not hasattr(self.overlays, k):
+                raise KeyError(f"unknown overlay setting {k!r}")
+            if k in ("heatmap", "labels") and v is not None:
+                v = v.reoriented()  # the displayed CT is in the canonical layout; the same permutation applies
+            if k == "labels_mode" and v not in ("off", "outline", "fill"):
+                raise ValueError("labels_mode is off, outline or fill")
+            if k in ("opacity", "threshold"):
+                v = float(min(1.0, max(0.0, v)))
+            setattr(self.overlays, k, v)
+        self.overlay_changed.emit()
+
+    def clear_overlays(self) -> None:
+        self.overlays = Overlays()
+        self.overlay_changed.emit()
 
     # --- volume ------------------------------------------------------------------------------
     def set_volume(self, volume: Volume) -> None:
         """Show a volume (reoriented to the canonical axial layout, no interpolation)."""
         self.volume = volume.reoriented()
+        self.overlays = Overlays()
         self.crosshair = self.volume.center_world()
         self.sacral_axis = None
         self.sacral_axis_source = ""

@@ -97,3 +97,32 @@ def test_discovery_from_folder_and_entry_points(saved, tmp_path, monkeypatch):
     bundles, problems = B.discover_bundles(tmp_path / "models")
     assert [b.name for b in bundles] == ["tiny-test"]
     assert len(problems) == 1 and "broken" in problems[0]
+
+
+def test_shipped_bundles_load_and_say_they_are_phantom_trained():
+    from sirad_viewer.ai.pipeline import default_models_dir
+
+    bundles, problems = B.discover_bundles(default_models_dir())
+    assert not problems
+    tasks = {b.task: b for b in bundles}
+    assert set(tasks) >= {"grading", "segmentation"}
+    for b in tasks.values():
+        assert "phantom" in b.metadata["disclaimer"].lower() and "not for clinical use" in b.metadata["disclaimer"]
+        assert b.weights_path.stat().st_size < 5_000_000  # a few MB
+    g = tasks["grading"].metadata
+    assert g["groups"] == [[0, 1], [2, 3], [4]] and g["input"]["mirror_left"] is True
+    assert 0.05 < g["calibration"]["temperature"] < 20
+    assert (tasks["grading"].path / "MODEL_CARD.md").exists()
+
+
+def test_segmentation_bundle_needs_its_classes(saved):
+    _, b = saved
+    meta = json.loads((b.path / "metadata.json").read_text())
+    meta["task"] = "segmentation"
+    (b.path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(B.BundleError, match="segmentation classes"):
+        B.load_bundle(b.path)
+    meta["task"] = "detection"
+    (b.path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(B.BundleError, match="task .detection."):
+        B.load_bundle(b.path)

@@ -84,18 +84,22 @@ def test_result_does_not_depend_on_storage_order_or_resampling(grader):
         for side in ("left", "right"):
             a, b = ref.joints[side], res.joints[side]
             assert np.linalg.norm(a.box.center_lps_mm - b.box.center_lps_mm) < 2.0, name
-            assert np.abs(a.probabilities - b.probabilities).max() < 0.1, name
+            if name == "resampled":  # coarser slices change the image a little: the grade stays
+                assert a.grade == b.grade, name
+            else:  # the same voxels in another order: the same numbers
+                assert np.abs(a.probabilities - b.probabilities).max() < 1e-3, name
             # the heatmaps are the same field in the patient: compare them at the same world points
             ca, wa = _weighted_points(ph.volume, a.heatmap)
             cb, _ = _weighted_points(vol, b.heatmap)
-            assert np.linalg.norm(ca - cb) < 4.0, name
+            # permuted: the same field; resampled: within half a Grad-CAM cell (the map is 8^3 over 80 mm)
+            assert np.linalg.norm(ca - cb) < (1.0 if name != "resampled" else 6.0), name
             from sirad_viewer.ai.grid import sample_points
 
             idx = np.argwhere(a.heatmap.block > 0.05)
             world = ph.volume.index_to_world(idx + a.heatmap.offset)
             vb = sample_points(b.heatmap.full(), vol.affine, world, order=1)
             va = a.heatmap.block[tuple(idx.T)]
-            assert np.corrcoef(va, vb)[0, 1] > 0.9, name
+            assert np.corrcoef(va, vb)[0, 1] > (0.98 if name != "resampled" else 0.8), name
 
 
 def test_fused_joint_graded_above_a_normal_one_and_heatmap_near_lesions(grader):

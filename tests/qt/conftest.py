@@ -6,7 +6,10 @@ import pytest
 @pytest.fixture(autouse=True)
 def isolated_settings(tmp_path, monkeypatch):
     """Every Qt test gets its own settings file."""
-    monkeypatch.setenv("SIRAD_SETTINGS", str(tmp_path / "settings.ini"))
+    ini = tmp_path / "settings.ini"
+    ini.write_text("[General]\nai_autorun=false\n")  # the AI tests switch it on
+    monkeypatch.setenv("SIRAD_SETTINGS", str(ini))
+    monkeypatch.setenv("SIRAD_READS", str(tmp_path / "reads.jsonl"))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,182 @@
+"""Grade first, then compare: blinding before the lock, locked pre-AI grades, overlays, cancel, report."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PyQt6 import QtCore, QtGui, QtWidgets
+
+pytestmark = pytest.mark.qt
+
+
+def rgb(widget) -> np.ndarray:
+    img = widget.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB888)
+    ptr = img.constBits()
+    ptr.setsize(img.sizeInBytes())
+    return np.frombuffer(ptr, np.uint8).reshape(img.height(), img.bytesPerLine())[:, : 3 * img.width()].reshape(
+        img.height(), img.width(), 3).copy()
+
+
+@pytest.fixture()
+def win(qtbot):
+    from sirad_viewer.qt.app import MainWindow
+
+    w = MainWindow(interactive=False, with_3d=False)
+    w.settings.set("ai_autorun", True)
+    qtbot.addWidget(w)
+    w.resize(1500, 950)
+    w.show()
+    qtbot.waitExposed(w)
+    w.activateWindow()
+    qtbot.waitActive(w)  # shortcuts need the active window
+    yield w
+    w.close()
+
+
+def open_and_wait_for_ai(w, path):
+    w.open_path(str(path))
+    assert w.wait_until_ready(), w.info.toPlainText()
+    assert w.wait_for_ai(), w.ai_panel.hidden_label.text()
+    assert not w.reading.ai_pending  # the AI has finished in the background ...
+
+
+def all_texts(w) -> str:
+    out = list(w.ai_panel.visible_texts())
+    for child in w.findChildren(QtWidgets.QWidget):
+        for attr in ("text", "toolTip", "windowTitle", "toPlainText"):
+            fn = getattr(child, attr, None)
+            if callable(fn):
+                try:
+                    v = fn()
+                except TypeError:
+                    continue
+                if isinstance(v, str):
+                    out.append(v)
+    out += [a.text() for a in w.findChildren(QtGui.QAction)]
+    out.append(w.statusBar().currentMessage())
+    return "\n".join(out)
+
+
+def test_no_ai_result_is_reachable_before_the_lock(win, real_nifti, tmp_path):
+    open_and_wait_for_ai(win, real_nifti)
+    result = win.reading._ai
+    assert result is not None
+    # ... but nothing of it is reachable: not from the reading, the panel, the views or the actions
+    assert win.reading.ai is None
+    texts = all_texts(win)
+    assert "AI grade" not in texts and "Patient (modified New York)" not in texts
+    assert "hidden until you lock" in texts
+    assert all(b.values is None for b in win.ai_panel.bars5.values())
+    assert all(b.values is None for b in win.ai_panel.bars3.values())
+    assert not win.ai_panel.result_box.isVisibleTo(win.ai_panel)
+    assert not win.ai_panel.overlay_box.isEnabled()
+    ov = win.state.overlays
+    assert ov.heatmap is None and ov.labels is None and not ov.boxes
+    before = win.state.crosshair.copy()
+    win.jump_to_joint("left")
+    win.set_side_by_side(True)
+    win._on_overlay_control({"heatmap_visible": True})
+    assert np.allclose(win.state.crosshair, before) and win.state.layout != "joints"
+    assert win.state.overlays.heatmap is None
+    assert win.write_report(str(tmp_path / "r.html")) is None and not (tmp_path / "r.html").exists()
+    win.ai_panel.grading.lock_button.click()  # not enabled without grades: nothing happens
+    assert win.reading.ai is None and not win.reading.locked
+
+
+def test_lock_reveals_and_the_pre_ai_grade_cannot_change(win, real_nifti, qtbot, tmp_path):
+    from sirad_viewer.state.reading import ReadingError
+
+    open_and_wait_for_ai(win, real_nifti)
+    win.ai_panel.grading.setFocus()
+    qtbot.keyClick(win, QtCore.Qt.Key.Key_1)  # right joint (highlighted first)
+    qtbot.keyClick(win, QtCore.Qt.Key.Key_3)  # then the left
+    assert (win.reading.pre.right, win.reading.pre.left) == (1, 3)
+    assert win.reading.ai is None
+    qtbot.keyClick(win, QtCore.Qt.Key.Key_Return, QtCore.Qt.KeyboardModifier.ControlModifier)
+    assert win.reading.locked
+    res = win.reading.ai
+    assert res is not None
+    texts = all_texts(win)
+    assert f"AI grade {res.joints['right'].grade}" in texts and "Patient (modified New York)" in texts
+    assert win.state.overlays.heatmap is not None and len(win.state.overlays.boxes) == 2
+    # revising after the reveal is a separate post-AI grade; the pre-AI grade never changes
+    win.ai_panel.grading.groups["right"].button(4).click()
+    assert win.reading.pre.right == 1 and win.reading.post.right == 4
+    with pytest.raises(ReadingError):
+        win.reading.lock()
+    # the reads log holds the locked grades and the revision
+    from sirad_viewer.state.reading import latest_reading
+
+    got = latest_reading(win.reading.log_path, win.reading.case)
+    assert got["pre_ai"]["right"] == 1 and got["pre_ai"]["left"] == 3 and got["post_ai"]["right"] == 4
+    # the report holds both
+    out = win.write_report(str(tmp_path / "report.html"))
+    html = out.read_text()
+    assert "Reader, before AI (locked)</td><td>1 (suspicious changes)" in html
+    assert "Reader, after AI</td><td>4 (total ankylosis)" in html
+    assert "phantom" in html.lower() and html.count("data:image/png;base64") == 4
+    # jump to a joint and the side-by-side mode
+    win.jump_to_joint("left")
+    assert np.allclose(win.state.crosshair, res.joints["left"].box.center_lps_mm, atol=3.0)
+    win.set_side_by_side(True)
+    assert win.state.layout == "joints" and win.views["joint-left"].isVisible()
+    win.set_side_by_side(False)
+    assert win.state.layout == "sij"
+
+
+def test_heatmap_toggle_changes_pixels_only_where_the_heatmap_is(win, real_nifti, qtbot):
+    open_and_wait_for_ai(win, real_nifti)
+    win.reading.set_grade("right", 0)
+    win.reading.set_grade("left", 0)
+    win.lock_and_reveal()
+    win.state.set_layout("1x1")
+    win.active_view = "axial"
+    win.state.set_layout("sij")
+    win.state.set_crosshair(win.reading.ai.joints["right"].box.center_lps_mm)
+    view = win.views["axial"]
+    QtWidgets.QApplication.processEvents()
+    on = rgb(view)
+    qtbot.keyClick(win, QtCore.Qt.Key.Key_H)
+    assert not win.state.overlays.heatmap_visible
+    QtWidgets.QApplication.processEvents()
+    off = rgb(view)
+    diff = np.abs(on.astype(int) - off.astype(int)).sum(axis=2) > 30
+    bar = diff.copy()
+    bar[:, : view.width() - 40] = False
+    assert bar.any()  # the colour bar is shown with the heatmap
+    diff[:, view.width() - 40:] = False
+    assert diff.sum() > 200  # the heatmap was drawn ...
+    # ... and only there: map the changed pixels back to the world and look the heatmap up
+    ys, xs = np.nonzero(diff)
+    hm = win.state.overlays.heatmap
+    heat = []
+    for y, x in zip(ys[::25], xs[::25]):
+        w = view.widget_to_world(QtCore.QPointF(float(x), float(y)))
+        if w is None:
+            continue
+        i = np.rint(hm.world_to_index(w)).astype(int)
+        if np.all(i >= 0) and np.all(i < hm.shape):
+            heat.append(hm.array[tuple(i)])
+    heat = np.array(heat)
+    assert len(heat) > 5 and np.mean(heat > 0.05) > 0.8
+    qtbot.keyClick(win, QtCore.Qt.Key.Key_H)
+    assert win.state.overlays.heatmap_visible
+
+
+def test_cancel_stops_a_run(win, real_nifti):
+    win.settings.set("ai_autorun", False)
+    win.open_path(str(real_nifti))
+    assert win.wait_until_ready()
+    assert win.reading.ai_pending
+    win.start_ai()
+    win.cancel_ai()
+    assert not win.wait_for_ai()
+    assert win.reading.ai_pending and win.reading._ai is None
+    assert "cancelled" in win.ai_panel.stage_label.text()
+    assert win.ai_panel.run_button.isEnabled()
+
+
+def test_ai_visible_at_once_setting_for_clinical_reading(win, real_nifti):
+    win.settings.set("ai_visible_at_once", True)
+    open_and_wait_for_ai(win, real_nifti)
+    assert not win.reading.locked and win.reading.ai is not None
+    assert win.state.overlays.heatmap is not None
