@@ -161,7 +161,10 @@ def cam_to_ct(cam: np.ndarray, volume: Volume, center_lps: Sequence[float], side
               region=None, *, target_grade: int = 0) -> Heatmap:
     """Map a crop-space map back onto the CT grid: undo resampling, crop and mirror exactly.
 
-    ``region`` (an object with ``contains(points)``, e.g. a :class:`JointBox`) limits the map to the joint.
+    CT index -> LPS -> offset from the crop centre -> (un-mirror) -> crop index is one affine map,
+    so the map is resampled with a single ``affine_transform`` over the CT block the crop covers.
+    ``region`` (an object with ``center_lps_mm``, ``axes_lps`` and ``size_mm``, e.g. a
+    :class:`JointBox`) limits the map to the joint.
     """
     from scipy import ndimage
 
@@ -169,21 +172,26 @@ def cam_to_ct(cam: np.ndarray, volume: Volume, center_lps: Sequence[float], side
     corners = np.array([pts[i, j, k] for i in (0, -1) for j in (0, -1) for k in (0, -1)])
     _, lo = _sub_block(volume, corners, pad=1)
     idx = volume.world_to_index(corners)
-    shape = np.asarray(volume.shape)
-    hi = np.clip(np.ceil(idx.max(axis=0)).astype(int) + 2, 0, shape)
-    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), axis=-1)
-    world = volume.index_to_world(grid.reshape(-1, 3))
-    # world -> crop index: inverse of box_points (offset from centre, un-mirror, canonical axes, spacing)
-    off = world - np.asarray(center_lps, float)
-    if spec.mirror_left and side == "left":
-        off[:, 0] *= -1.0
-    crop_idx = (off @ G.CANONICAL_DIRECTIONS.T) / spec.spacing_mm + (spec.size - 1) / 2.0
-    vals = ndimage.map_coordinates(cam.astype(np.float32), crop_idx.T, order=1, mode="constant", cval=0.0,
-                                   prefilter=False)
-    if region is not None:
-        vals = vals * region.contains(world)
-    block = vals.reshape(grid.shape[:-1]).astype(np.float32)
-    m = float(block.max()) if block.size else 0.0
-    if m > 0:
-        block /= m
-    return Heatmap(side, int(target_grade), block, lo, volume.shape)
+    hi = np.clip(np.ceil(idx.max(axis=0)).astype(int) + 2, 0, np.asarray(volume.shape))
+    shape = tuple(int(n) for n in np.maximum(hi - lo, 0))
+    a3, t = volume.affine[:3, :3], volume.affine[:3, 3]
+    mirror = np.diag([-1.0, 1.0, 1.0]) if (spec.mirror_left and side == "left") else np.eye(3)
+    d = np.diag(1.0 / spec.spacing_mm) @ G.CANONICAL_DIRECTIONS @ mirror
+    m = d @ a3
+    off = d @ (a3 @ lo + t - np.asarray(center_lps, float)) + (spec.size - 1) / 2.0
+    block = ndimage.affine_transform(cam.astype(np.float32), m, offset=off, output_shape=shape, order=1,
+                                     mode="constant", cval=0.0, prefilter=False)
+    if region is not None and block.size:
+        b = np.asarray(region.axes_lps, float) @ a3
+        b0 = np.asarray(region.axes_lps, float) @ (a3 @ lo + t - np.asarray(region.center_lps_mm, float))
+        ks = [np.arange(n, dtype=np.float32) for n in shape]
+        inside = np.ones(shape, bool)
+        for r in range(3):
+            dist = (b[r, 0] * ks[0][:, None, None] + b[r, 1] * ks[1][None, :, None] + b[r, 2] * ks[2][None, None, :]
+                    + b0[r])
+            inside &= np.abs(dist) <= float(region.size_mm[r]) / 2.0
+        block *= inside
+    mx = float(block.max()) if block.size else 0.0
+    if mx > 0:
+        block /= mx
+    return Heatmap(side, int(target_grade), block.astype(np.float32, copy=False), lo, volume.shape)

@@ -24,12 +24,13 @@ def grid_affine(origin_lps: Sequence[float], spacing_mm: Sequence[float] | float
     return geo.make_affine(origin_lps, CANONICAL_DIRECTIONS, sp)
 
 
-def body_bounds(volume: Volume, *, threshold_hu: float = -500.0, margin_mm: float = 6.0) -> np.ndarray:
+def body_bounds(volume: Volume, *, threshold_hu: float = -500.0, margin_mm: float = 8.0) -> np.ndarray:
     """(2, 3) LPS min/max corner of everything denser than ``threshold_hu`` (the whole volume if none)."""
-    mask = volume.array > threshold_hu
+    step = np.maximum(1, np.floor(3.0 / volume.spacing).astype(int))  # a ~3 mm subsample is enough for a box
+    mask = volume.array[::step[0], ::step[1], ::step[2]] > threshold_hu
     if not mask.any():
         return volume.bounds_world()
-    spans = [np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
+    spans = [np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))[0] * step[ax] for ax in range(3)]
     corners = np.array([[spans[0][i], spans[1][j], spans[2][k]] for i in (0, -1) for j in (0, -1) for k in (0, -1)],
                        dtype=float)
     w = volume.index_to_world(corners)
