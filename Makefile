@@ -62,10 +62,14 @@ run: system venv
 	      --screenshot $(OUT)/viewer-$$layout.png || exit 1; \
 	  done; \
 	  $(VENV)/bin/sirad info $(DEMO) > $(OUT)/series-report.txt; \
+	  SIRAD_READS=$(abspath $(OUT))/reads.jsonl $(HEADLESS) $(VENV)/bin/sirad-viewer $(DEMO) \
+	    --sacral-axis=$(DEMO_AXIS) --grades 1,1 \
+	    --screenshot $(OUT)/viewer-ai-revealed.png --report $(OUT)/case-report.html || exit 1; \
 	  $(VENV)/bin/sirad grade $(DEMO) --json $(OUT)/ai-report.json --heatmaps $(OUT)/heatmaps \
 	    > $(OUT)/ai-report.txt || exit 1; \
 	  cat $(OUT)/ai-report.txt; \
-	  echo "screenshots, the series report and the AI report are in $(abspath $(OUT))"; \
+	  echo "screenshots (before the reader's lock, and after it with the AI revealed), the series report,"; \
+	  echo "the AI report (ai-report.txt/.json, heatmaps/) and the case report are in $(abspath $(OUT))"; \
 	fi
 
 test: system venv

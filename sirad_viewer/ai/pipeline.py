@@ -255,6 +255,14 @@ class Grader:
             prog(name, stages.index(name) / len(stages))
             return time.perf_counter()
 
+        if (("grading", self.device) not in self._nets
+                or (self.segmenter is not None and ("segmentation", self.device) not in self._nets)):
+            t = time.perf_counter()  # first use: import MONAI and build the networks (not a stage of the CT)
+            self.network("grading", self.device)
+            if self.segmenter is not None:
+                self.network("segmentation", self.device)
+            timings["load_models"] = time.perf_counter() - t
+
         t = stage("segment")
         seg = self.segment(volume, warnings)
         timings["segment"] = time.perf_counter() - t

@@ -54,7 +54,7 @@ class GradingPanel(QtWidgets.QGroupBox):
     lock_requested = QtCore.pyqtSignal()
 
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
-        super().__init__("Your grades (modified New York 0-4)", parent)
+        super().__init__("Your grades (0-4)", parent)
         self.reading: Reading | None = None
         self.active_side = "right"
         lay = QtWidgets.QGridLayout(self)
@@ -78,17 +78,17 @@ class GradingPanel(QtWidgets.QGroupBox):
         self.confidence = QtWidgets.QComboBox()
         self.confidence.addItems(["confidence: -"] + list(CONFIDENCE))
         self.confidence.currentIndexChanged.connect(self._on_confidence)
-        lay.addWidget(self.confidence, 2, 0, 1, 3)
+        lay.addWidget(self.confidence, 2, 0, 1, 6)
         self.comment = QtWidgets.QLineEdit()
         self.comment.setPlaceholderText("comment (optional)")
         self.comment.editingFinished.connect(lambda: self.reading and self.reading.set_comment(self.comment.text()))
-        lay.addWidget(self.comment, 2, 3, 1, 3)
-        self.lock_button = QtWidgets.QPushButton("Lock and reveal AI  (Ctrl+Return)")
+        lay.addWidget(self.comment, 3, 0, 1, 6)
+        self.lock_button = QtWidgets.QPushButton("Lock and reveal AI (Ctrl+Return)")
         self.lock_button.clicked.connect(self.lock_requested.emit)
-        lay.addWidget(self.lock_button, 3, 0, 1, 6)
+        lay.addWidget(self.lock_button, 4, 0, 1, 6)
         self.status = QtWidgets.QLabel("")
         self.status.setWordWrap(True)
-        lay.addWidget(self.status, 4, 0, 1, 6)
+        lay.addWidget(self.status, 5, 0, 1, 6)
         self.setToolTip("Keys 0-4 grade the highlighted joint (then move to the other one); S switches joint.")
         self.bind(None)
 
@@ -137,13 +137,13 @@ class GradingPanel(QtWidgets.QGroupBox):
             self.status.setText("Open a CT to grade it.")
             return
         if not r.locked:
-            self.setTitle("Your grades before AI (modified New York 0-4)")
+            self.setTitle("Your grades, before AI (0-4)")
             self.lock_button.setEnabled(r.pre.complete())
-            self.lock_button.setText("Lock and reveal AI  (Ctrl+Return)")
+            self.lock_button.setText("Lock and reveal AI (Ctrl+Return)")
             self.status.setText("The AI result stays hidden until you lock both grades."
                                 if not r.ai_visible_at_once else "AI visible at once (clinical reading setting).")
         else:
-            self.setTitle("Revise after AI (stored separately; your pre-AI grades are locked)")
+            self.setTitle("Your grades, after AI (stored separately)")
             self.lock_button.setEnabled(False)
             self.lock_button.setText("Locked")
             when = (r.locked_at or "")[11:19]
@@ -169,7 +169,7 @@ class AIPanel(QtWidgets.QWidget):
         lay.addWidget(self.grading)
         box = QtWidgets.QGroupBox("AI")
         bl = QtWidgets.QVBoxLayout(box)
-        self.model_label = QtWidgets.QLabel("model: (loading when a case opens)")
+        self.model_label = QtWidgets.QLabel("model: (loaded when a case opens)")
         self.model_label.setWordWrap(True)
         bl.addWidget(self.model_label)
         disc = QtWidgets.QLabel(DISCLAIMER_SHORT)

@@ -34,12 +34,14 @@ QMenu::item:selected, QMenuBar::item:selected { background: #2d4a6b; }
 QListWidget, QPlainTextEdit { background: #1c1f23; border: 1px solid #2a2e33; }
 QPushButton { background: #23272c; border: 1px solid #3a3f45; padding: 3px 10px; }
 QPushButton:hover { background: #2d4a6b; }
+QPushButton:checked { background: #2d6a9b; border: 1px solid #8fc1ea; color: #ffffff; }
 QProgressBar { border: 1px solid #3a3f45; text-align: center; }
 QProgressBar::chunk { background: #2d6a9b; }
 """
 
-DISCLAIMER = ("AI grades shown by this program come from demo weights trained on synthetic phantoms only. "
-              "Not for clinical use.")
+DISCLAIMER = ("AI grades shown by this program come from demo weights trained on synthetic phantoms only "
+              "(models/sij-densenet-demo, see its MODEL_CARD.md). They are not validated on patients and are "
+              "meaningless on real CTs. Not for clinical use.")
 MAX_RECENT = 10
 
 
