@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sacral-axis", metavar="X1,Y1,Z1,X2,Y2,Z2",
                    help="two LPS points (mm) along the sacrum that set the oblique coronal plane, as a "
                         "drag on the sagittal view does")
+    p.add_argument("--study", metavar="STUDY.sqlite", help="read a reader study (sign in, then case by case)")
+    p.add_argument("--reader", help="with --study: the reader id (skips the sign-in dialog)")
+    p.add_argument("--coordinator", metavar="STUDY.sqlite", help="open the coordinator view of a study")
     p.add_argument("--version", action="version", version=f"sirad-viewer {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
@@ -58,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     return run(path=args.path, series=None if args.series is None else args.series - 1,
                screenshot=args.screenshot, layout=args.layout,
-               sacral_axis=axis, grades=grades, report=args.report)
+               sacral_axis=axis, grades=grades, report=args.report, study=args.study, reader=args.reader,
+               coordinator=args.coordinator)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -139,9 +139,13 @@ class GradingPanel(QtWidgets.QGroupBox):
         if not r.locked:
             self.setTitle("Your grades, before AI (0-4)")
             self.lock_button.setEnabled(r.pre.complete())
-            self.lock_button.setText("Lock and reveal AI (Ctrl+Return)")
-            self.status.setText("The AI result stays hidden until you lock both grades."
-                                if not r.ai_visible_at_once else "AI visible at once (clinical reading setting).")
+            if not r.ai_allowed:
+                self.lock_button.setText("Lock grades (Ctrl+Return)")
+                self.status.setText("This case is read without AI.")
+            else:
+                self.lock_button.setText("Lock and reveal AI (Ctrl+Return)")
+                self.status.setText("The AI result stays hidden until you lock both grades."
+                                    if not r.ai_visible_at_once else "AI visible at once (clinical reading setting).")
         else:
             self.setTitle("Your grades, after AI (stored separately)")
             self.lock_button.setEnabled(False)
@@ -305,6 +309,11 @@ class AIPanel(QtWidgets.QWidget):
         if r is None:
             self.hidden_label.setText("")
             self._clear_result()
+            return
+        if not r.ai_allowed:
+            self._clear_result()
+            self.run_button.setEnabled(False)
+            self.hidden_label.setText("This case is read without AI (unaided study arm).")
             return
         if not r.ai_revealed:
             self._clear_result()

@@ -180,6 +180,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._grader = None
         self._grader_lock = __import__("threading").Lock()
         self.reading: Reading | None = None
+        self.study = None  # a StudyController in reader-study mode
         self.ai_volume = None  # the CT exactly as the AI read it (heatmaps live on its grid)
         self._layout_before_joints = "sij"
         self.volume = None
@@ -273,6 +274,9 @@ class MainWindow(QtWidgets.QMainWindow):
         a.addAction("Run AI on this case", self.start_ai)
         a.addAction("Cancel AI", self.cancel_ai)
         a.addAction("Case report...", self.report_dialog)
+        st = mb.addMenu("&Study")
+        st.addAction("Read a study (sign in)...", self.open_study_dialog)
+        st.addAction("Coordinator view...", self.coordinator_dialog)
         h = mb.addMenu("&Help")
         h.addAction("About SIRAD Viewer", self.about)
 
@@ -477,13 +481,54 @@ class MainWindow(QtWidgets.QMainWindow):
     def _new_reading(self, path: str) -> None:
         from sirad_viewer.state.reading import default_log_path
 
-        log_path = self.settings.get("reads_log") or default_log_path()
+        log_path = None if self.study is not None else Path(self.settings.get("reads_log") or default_log_path())
         self.reading = Reading(case=str(Path(path).resolve()), reader=str(self.settings.get("reader", "reader")),
-                               ai_visible_at_once=self._ai_visible_at_once(), log_path=Path(log_path))
+                               ai_visible_at_once=self._ai_visible_at_once(), log_path=log_path)
+        self._shown_result = None
+        if self.study is not None:
+            self.study.configure_reading(self.reading)  # the arm's AI policy, resumed grades
         self.reading.changed.connect(self._on_reading_changed)
         self.ai_panel.bind(self.reading)
         if self.state.layout == "joints":
             self.set_side_by_side(False)
+
+    def open_study_dialog(self) -> None:
+        path, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Open study", "", "Study (*.sqlite *.db);;All files (*)")
+        if path:
+            self.start_study(path)
+
+    def start_study(self, path: str, reader: str | None = None) -> bool:
+        """Sign in (unless ``reader`` is given) and start at the reader's first unfinished case."""
+        from sirad_viewer.qt.study import SignInDialog, StudyController
+        from sirad_viewer.study.store import StudyStore
+
+        try:
+            store = StudyStore(path)
+            if reader is None:
+                dlg = SignInDialog(store, self)
+                if dlg.exec() != QtWidgets.QDialog.DialogCode.Accepted:
+                    return False
+                reader = dlg.reader()
+            if self.study is not None:
+                self.study.close()
+            ctl = StudyController(self, store, reader, idle_s=float(self.settings.get("idle_s", 60)))
+        except SiradError as exc:
+            show_error(self, exc)
+            return False
+        ctl.start()
+        return True
+
+    def coordinator_dialog(self, path: str | None = None) -> None:
+        from sirad_viewer.qt.study import CoordinatorDialog
+        from sirad_viewer.study.store import StudyStore
+
+        if path is None:
+            path, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Open study", "", "Study (*.sqlite *.db);;All files (*)")
+        if path:
+            try:
+                CoordinatorDialog(StudyStore(path), self).exec()
+            except SiradError as exc:
+                show_error(self, exc)
 
     def _get_grader(self):
         with self._grader_lock:
@@ -495,8 +540,8 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def start_ai(self) -> None:
         """Run the AI in the background; its result goes into the reading, hidden until the lock."""
-        if self.ai_volume is None or self.reading is None:
-            return
+        if self.ai_volume is None or self.reading is None or not self.reading.ai_allowed:
+            return  # an unaided study arm never runs the AI
         if self._ai_worker is not None and not self._ai_worker.finished.is_set():
             return
         vol, reading = self.ai_volume, self.reading
@@ -719,6 +764,8 @@ class MainWindow(QtWidgets.QMainWindow):
         if self._worker is not None:
             self._worker.cancel()
         self.cancel_ai()
+        if self.study is not None:
+            self.study.close()
         if self._ai_worker is not None:
             self._ai_worker.finished.wait(60)  # it stops at the next stage boundary
         for w in (self._worker,):
@@ -731,7 +778,8 @@ class MainWindow(QtWidgets.QMainWindow):
 
 def run(path: str | None = None, *, series: int | None = None, screenshot: str | None = None,
         layout: str | None = None, sacral_axis: tuple[Any, Any] | None = None,
-        grades: tuple[int, int] | None = None, report: str | None = None) -> int:
+        grades: tuple[int, int] | None = None, report: str | None = None, study: str | None = None,
+        reader: str | None = None, coordinator: str | None = None) -> int:
     if screenshot and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
@@ -742,6 +790,23 @@ def run(path: str | None = None, *, series: int | None = None, screenshot: str |
     if layout and layout != "joints":
         win.state.set_layout(layout)
     win.show()
+    if coordinator:
+        win.coordinator_dialog(coordinator)
+    if study:
+        if not win.start_study(study, reader):
+            return 2
+        if screenshot:
+            QtWidgets.QApplication.processEvents()
+            deadline = QtCore.QDeadlineTimer(120_000)
+            while (win.state.volume is None or win.reading is None) and not deadline.hasExpired():
+                app.processEvents(QtCore.QEventLoop.ProcessEventsFlag.AllEvents, 100)
+            for _ in range(5):
+                app.processEvents()
+            ok = win.export_window(screenshot)
+            print(f"screenshot written to {screenshot}" if ok else f"could not write {screenshot}")
+            win.close()
+            return 0 if ok else 1
+        return app.exec()
     if path:
         if sacral_axis is not None:
             win.volume_ready.connect(lambda *_: win.state.set_sacral_axis_from_line(*sacral_axis))

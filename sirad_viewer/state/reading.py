@@ -64,6 +64,7 @@ class Reading:
     case: str
     reader: str = "reader"
     ai_visible_at_once: bool = False
+    ai_allowed: bool = True  # False: an unaided study arm, where the AI is never shown
     log_path: Path | None = None
     pre: Grades = field(default_factory=Grades)
     post: Grades | None = None
@@ -107,6 +108,14 @@ class Reading:
             self.post = Grades(self.pre.right, self.pre.left, self.pre.confidence, "")
         return self.post
 
+    def restore(self, pre: dict[str, int], locked_at: str | None, post: dict[str, int] | None = None) -> None:
+        """Resume a reading stored elsewhere (a study's event log) without logging it again."""
+        self.pre.right, self.pre.left = pre.get("right"), pre.get("left")
+        self.locked_at = self.pre.at = locked_at
+        if post:
+            self.post = Grades(post.get("right", self.pre.right), post.get("left", self.pre.left))
+        self.changed.emit()
+
     def lock(self) -> None:
         """Store the pre-AI grades (both sides needed); from now on they cannot change."""
         if self.locked:
@@ -131,7 +140,7 @@ class Reading:
 
     @property
     def ai_revealed(self) -> bool:
-        return self.ai_visible_at_once or self.locked
+        return self.ai_allowed and (self.ai_visible_at_once or self.locked)
 
     @property
     def ai(self) -> Any:
