@@ -173,3 +173,17 @@ def test_cli_grade_bad_input_names_the_file(tmp_path, capsys):
     bad.write_bytes(b"not a nifti")
     assert main(["grade", str(bad)]) == 2
     assert "broken.nii.gz" in capsys.readouterr().err
+
+
+def test_cli_report_html_and_pdf_hold_the_reader_and_ai_grades(tmp_path, real_nifti, monkeypatch):
+    from sirad_viewer.cli import main
+
+    monkeypatch.setenv("SIRAD_READS", str(tmp_path / "none.jsonl"))
+    assert main(["report", str(real_nifti), "--out", str(tmp_path / "r.html"), "--right", "1", "--left", "2",
+                 "--device", "cpu"]) == 0
+    html = (tmp_path / "r.html").read_text()
+    assert "Reader, before AI (locked)</td><td>1 (suspicious changes)</td><td>2 (minimal abnormality)" in html
+    assert "AI (sij-densenet-demo" in html and "Not for clinical use" in html
+    assert html.count("data:image/png;base64") == 4
+    assert main(["report", str(real_nifti), "--out", str(tmp_path / "r.pdf"), "--right", "1", "--left", "2"]) == 0
+    assert (tmp_path / "r.pdf").read_bytes()[:5] == b"%PDF-"

@@ -88,7 +88,7 @@ def test_sequential_study_mirrors_the_panel_into_the_log_and_resumes(win, study_
     s = ReaderSession(StudyStore(study_files["sequential"]), "r1")
     st = s.states()[(first, 1)]
     assert st.pre == {"right": 2, "left": 1} and st.locked_at and st.confidence == 3
-    assert st.revealed_at and st.ai["grades"]["left"] in range(5) and st.post == {"left": 4}
+    assert st.revealed_at and st.ai["joints"]["left"]["grade"] in range(5) and st.post == {"left": 4}
     assert st.active_s >= 5.0
     # the program stops here (the case is not closed); a new window resumes at the same case, locked
     win.study.close()
@@ -167,4 +167,5 @@ def test_coordinator_view_progress_and_export(qtbot, study_files, tmp_path):
     out = dlg.export(str(tmp_path / "reads.csv"))
     with open(out) as fh:
         got = list(csv.DictReader(fh))
-    assert any(r["reader"] == "r1" and r["pre_ai_grade"] not in ("", None) for r in got)
+    assert any(r["reader"] == "r1" and r["pre_ai_grade"] not in ("", None) and r["ai_grade"] not in ("", None)
+               for r in got)
