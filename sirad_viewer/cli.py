@@ -273,8 +273,10 @@ def cmd_grade(args: argparse.Namespace) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({"error": exc.to_dict()}, indent=2) + "\n")
         raise
+    from sirad_viewer.io.deid import source_reference
+
     d = res.to_dict()
-    d["source"] = str(args.path)
+    d["source"] = source_reference(args.path, include_path=args.include_source_path)
     if args.heatmaps:
         paths = write_heatmaps(res, volume, args.heatmaps)
         d["heatmaps"] = {p.stem.split("_")[-1].split(".")[0]: str(p) for p in paths}
@@ -340,9 +342,56 @@ def cmd_report(args: argparse.Namespace) -> int:
     reading = latest_reading(args.reads or default_log_path(), str(Path(args.path).resolve()))
     if args.right is not None or args.left is not None:
         reading = {"case": str(args.path), "pre_ai": {"right": args.right, "left": args.left, "at": None}, "post_ai": None}
-    out = write_report(args.out, volume, res, reading, grader.bundle.metadata)
+    out = write_report(args.out, volume, res, reading, grader.bundle.metadata,
+                       include_source_path=args.include_source_path)
     print(f"report written to {out}" + ("" if reading else " (no reader grades found for this case)"))
     return 0
+
+
+# --- deidentify (issue #12; logic in sirad_viewer.io.deid) ------------------------------------
+
+def cmd_deidentify(args: argparse.Namespace) -> int:
+    from sirad_viewer.io.deid import DeidOptions, load_or_create_key, parse_private_rule, source_reference
+    from sirad_viewer.io.deid.files import deidentify_path
+
+    key, key_path, created = load_or_create_key(args.key, outside=args.out)
+    if created:
+        print(f"created a new project key at {key_path}: keep it secret, outside the data, and reuse it "
+              "so later exports of the same patients link up", file=sys.stderr)
+    opts = DeidOptions(retain_dates_shifted=args.keep_dates_shifted, clean_descriptions=args.clean_descriptions,
+                       keep_private=frozenset(parse_private_rule(r) for r in args.keep_private),
+                       allow_burned_in=args.allow_burned_in)
+    rep = deidentify_path(args.path, args.out, key=key, options=opts, skip_unreadable=args.skip_unreadable)
+    for name, why in rep.skipped:
+        print(f"skipped {name}: {why}", file=sys.stderr)
+    for name in rep.flagged:
+        print(f"WARNING {name}: burned-in annotation not removed; written with PatientIdentityRemoved NO",
+              file=sys.stderr)
+    print(f"wrote {rep.written} de-identified object(s) in {len(rep.series)} series to {rep.out} "
+          f"(input {source_reference(args.path)}, key {key_path})")
+    return 0
+
+
+def _add_deidentify_parser(sub: Any) -> None:
+    d = sub.add_parser("deidentify", help="write a de-identified copy of a DICOM file, folder or zip",
+                       description="PS3.15 Annex E basic confidentiality profile, recursive: names, IDs, dates, "
+                                   "descriptions and private tags removed; UIDs remapped with a secret project key "
+                                   "(HMAC), geometry kept. Refuses objects with burned-in annotation.")
+    d.add_argument("path", help="DICOM file, folder or .zip")
+    d.add_argument("--out", required=True, help="new folder (or FILE.zip); never inside the input")
+    d.add_argument("--key", help="project key file (created if missing; default $SIRAD_DEID_KEY or "
+                                 "~/.config/sirad/deid.key); never inside --out")
+    d.add_argument("--keep-dates-shifted", action="store_true",
+                   help="keep dates, each patient's moved back by the same secret number of days")
+    d.add_argument("--clean-descriptions", action="store_true",
+                   help="keep descriptions and protocol name with identifying words removed (default: removed)")
+    d.add_argument("--keep-private", action="append", default=[], metavar="GROUP,CREATOR,ELEMENT",
+                   help="keep one private element, e.g. '0019,SIEMENS CT VA0  COAD,10' (repeatable)")
+    d.add_argument("--allow-burned-in", action="store_true",
+                   help="write objects with BurnedInAnnotation YES, marked PatientIdentityRemoved NO")
+    d.add_argument("--skip-unreadable", action="store_true",
+                   help="skip DICOM files that cannot be read instead of stopping (they are listed)")
+    d.set_defaults(func=cmd_deidentify)
 
 
 # --- parser ----------------------------------------------------------------------------------
@@ -406,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     g.add_argument("--bundle", help="grading bundle folder (default: the installed one)")
     g.add_argument("--segmenter", help="segmentation bundle folder (default: the installed one)")
+    g.add_argument("--include-source-path", action="store_true",
+                   help="write the input path into the JSON (default: a non-identifying sha256 reference)")
     g.set_defaults(func=cmd_grade)
 
     t = sub.add_parser("train", help="train a grading bundle from DATA.csv",
@@ -457,7 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reads", help="reads log (default: the viewer's, $SIRAD_READS)")
     r.add_argument("--bundle", help="grading bundle (default: the installed one)")
     r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    r.add_argument("--include-source-path", action="store_true",
+                   help="name the input path in the report (default: a non-identifying sha256 reference)")
     r.set_defaults(func=cmd_report)
+    _add_deidentify_parser(sub)
 
     st = sub.add_parser("study", help="reader studies: create, add-cases, status, export, analyse, mrmc, demo")
     ss = st.add_subparsers(dest="study_command", metavar="STUDY_COMMAND")

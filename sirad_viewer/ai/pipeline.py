@@ -139,7 +139,10 @@ class GradeResult:
     def patient_positive(self) -> bool:
         return GR.patient_rule(self.joints["left"].grade, self.joints["right"].grade)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, include_source_path: bool = False) -> dict[str, Any]:
+        """JSON form; ``source`` is a non-identifying reference unless ``include_source_path``."""
+        from sirad_viewer.io.deid import source_reference
+
         return {
             "model": dict(self.model),
             "joints": {s: j.to_dict() for s, j in self.joints.items()},
@@ -149,7 +152,7 @@ class GradeResult:
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
             "device": self.device,
             "warnings": list(self.warnings),
-            "source": self.source,
+            "source": source_reference(self.source, include_path=include_source_path),
             "disclaimer": DISCLAIMER,
         }
 

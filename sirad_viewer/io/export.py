@@ -1,9 +1,12 @@
 """Writing volumes: NIfTI and CT DICOM series. Every export goes through :mod:`.deid` unless
 the caller explicitly keeps identities (the phantom generator writes fake identities on purpose).
+
+Exports never invent acquisition values: an attribute the source did not have (KVP, patient
+position, study date and time, body part, ...) is left out or empty, never filled with a
+plausible default. Side-cars name no source path.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 from enum import Enum
@@ -16,7 +19,7 @@ from sirad_viewer import __version__
 from sirad_viewer.errors import ExportError
 from sirad_viewer.imaging import geometry as geo
 from sirad_viewer.imaging.volume import SeriesMetadata, Volume, resample_to
-from sirad_viewer.io.deid import deidentify_dataset, deidentify_metadata
+from sirad_viewer.io.deid import DeidOptions, deidentify_dataset, deidentify_metadata, one_off_key
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +35,13 @@ class Compression(str, Enum):
     JPEG_LOSSLESS = "jpeg-ls"
 
 
-def write_nifti(volume: Volume, path: str | Path, *, deidentify: bool = True, sidecar: bool = True) -> Path:
+def write_nifti(volume: Volume, path: str | Path, *, deidentify: bool = True, sidecar: bool = True,
+                key: bytes | None = None) -> Path:
     """Write a volume as NIfTI (RAS affine as the format asks) and a JSON side-car.
 
-    The side-car holds the (de-identified) series metadata and the loader's warnings.
+    The side-car holds the (de-identified) series metadata and the loader's warnings, never the
+    source path. With ``key`` (the project's de-identification key) the side-car's UIDs are
+    remapped consistently with ``sirad deidentify``; without it they are left out.
     """
     import nibabel as nib
 
@@ -53,7 +59,7 @@ def write_nifti(volume: Volume, path: str | Path, *, deidentify: bool = True, si
     except OSError as exc:
         raise ExportError(f"cannot be written: {exc}", path=path) from exc
     if sidecar:
-        meta = deidentify_metadata(volume.metadata) if deidentify else volume.metadata
+        meta = deidentify_metadata(volume.metadata, key=key) if deidentify else volume.metadata
         side = {
             "metadata": meta.to_dict(),
             "warnings": [w.to_dict() for w in volume.warnings],
@@ -77,6 +83,8 @@ def write_dicom_series(
     *,
     compression: Compression | str = Compression.NONE,
     deidentify: bool = True,
+    key: bytes | None = None,
+    deid_options: DeidOptions | None = None,
     slice_thickness_mm: float | None = None,
     series_description: str | None = None,
     extra_tags: dict[str, Any] | None = None,
@@ -96,6 +104,14 @@ def write_dicom_series(
     deidentify : bool
         Pass every data set through :func:`~sirad_viewer.io.deid.deidentify_dataset`. The
         phantom generator turns this off to plant fake identities on purpose.
+    key : bytes, optional
+        Project de-identification key: UIDs are remapped as ``sirad deidentify`` does. Without
+        it a one-off random key is used, so the export links to nothing.
+    deid_options : DeidOptions, optional
+        Profile options (retain shifted dates, clean descriptions).
+
+    Only values the volume's metadata holds are written; no acquisition value (KVP, patient
+    position, dates, body part) is invented. SliceThickness is written only when known.
     """
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -117,11 +133,11 @@ def write_dicom_series(
     study_uid = meta.study_instance_uid or _new_uid()
     series_uid = meta.series_instance_uid or _new_uid()
     for_uid = meta.frame_of_reference_uid or _new_uid()
-    now = _dt.datetime.now()
     hu = np.asarray(volume.array)
     stored = np.clip(np.rint(hu.astype(np.float32)) + 1024, 0, 4095).astype(np.uint16)
     tsyntax = {Compression.NONE: ExplicitVRLittleEndian, Compression.RLE: RLELossless,
                Compression.JPEG2000: JPEG2000Lossless, Compression.JPEG_LOSSLESS: JPEGLSLossless}[comp]
+    export_key = key or one_off_key()
     paths: list[Path] = []
     n = volume.shape[0]
     for k in range(n):
@@ -134,33 +150,38 @@ def write_dicom_series(
         ds = Dataset()
         ds.file_meta = fm
         ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]  # written by us, not by a scanner
         ds.SOPClassUID = CT_IMAGE_STORAGE
         ds.SOPInstanceUID = sop_uid
-        ds.StudyDate = meta.study_date or now.strftime("%Y%m%d")
-        ds.SeriesDate = ds.StudyDate
-        ds.StudyTime = now.strftime("%H%M%S")
+        ds.StudyDate = meta.study_date  # type 2: empty when the source had none
+        ds.StudyTime = ""
         ds.Modality = "CT"
-        ds.Manufacturer = meta.manufacturer or "SIRAD"
-        ds.InstitutionName = meta.institution_name
-        ds.StudyDescription = meta.study_description or "PELVIS"
-        ds.SeriesDescription = series_description or meta.series_description or "CT"
+        ds.Manufacturer = meta.manufacturer
+        if meta.institution_name:
+            ds.InstitutionName = meta.institution_name
+        if meta.study_description:
+            ds.StudyDescription = meta.study_description
+        if series_description or meta.series_description:
+            ds.SeriesDescription = series_description or meta.series_description
         ds.PatientName = meta.patient_name
         ds.PatientID = meta.patient_id
         ds.PatientBirthDate = meta.patient_birth_date
         ds.PatientSex = meta.patient_sex
         ds.AccessionNumber = meta.accession_number
         ds.ReferringPhysicianName = ""
-        ds.BodyPartExamined = "PELVIS"
-        ds.SliceThickness = f"{slice_thickness_mm or meta.slice_thickness_mm or sp[0]:.3f}"
-        ds.KVP = "120"
+        thickness = slice_thickness_mm or meta.slice_thickness_mm
+        ds.SliceThickness = f"{thickness:.3f}" if thickness else ""
+        ds.KVP = str(meta.extra["kvp"]) if meta.extra.get("kvp") else ""
         if meta.convolution_kernel:
             ds.ConvolutionKernel = meta.convolution_kernel
-        ds.PatientPosition = "FFS"
+        if meta.extra.get("patient_position"):
+            ds.PatientPosition = str(meta.extra["patient_position"])
+        if meta.extra.get("body_part_examined"):
+            ds.BodyPartExamined = str(meta.extra["body_part_examined"])
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
-        ds.StudyID = "1"
-        ds.SeriesNumber = meta.series_number or "1"
+        ds.StudyID = ""
+        ds.SeriesNumber = meta.series_number
         ds.InstanceNumber = str(k + 1)
         ds.FrameOfReferenceUID = for_uid
         ds.PositionReferenceIndicator = ""
@@ -190,7 +211,7 @@ def write_dicom_series(
             except Exception as exc:  # noqa: BLE001 - encoder plugins raise many types
                 raise ExportError(f"{comp.value} compression failed: {exc}", path=out) from exc
         if deidentify:
-            ds = deidentify_dataset(ds, keep_dates=True)
+            ds = deidentify_dataset(ds, key=export_key, options=deid_options)
         p = out / f"IM{k + 1:05d}.dcm"
         try:
             ds.save_as(p, enforce_file_format=True)

@@ -478,7 +478,7 @@ def make_phantom(spec: PhantomSpec, *, progress: Callable[[float, str], None] | 
     meta = SeriesMetadata(
         patient_name=spec.patient_name, patient_id=spec.patient_id, patient_birth_date=spec.patient_birth_date,
         patient_sex="O", study_description="SYNTHETIC PELVIS PHANTOM",
-        series_description=f"Phantom L{spec.left_grade} R{spec.right_grade} seed {spec.seed} {spec.kernel}",
+        series_description=f"Synthetic phantom {spec.kernel}",  # no grade or seed: the seed gives the grades
         modality="CT", manufacturer="SIRAD phantom", institution_name=f"SIRAD {spec.site}",
         slice_thickness_mm=spec.slice_thickness_mm, convolution_kernel=spec.kernel,
         extra={"synthetic": True, "site": spec.site},

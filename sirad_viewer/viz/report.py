@@ -68,8 +68,12 @@ def _grade(v: Any) -> str:
     return "-" if v is None else f"{v} ({GRADE_WORDS.get(int(v), '?')})"
 
 
-def build_html(volume: Volume, result: Any, reading: dict[str, Any] | None, model_card: dict[str, Any]) -> str:
-    d = result.to_dict()
+def build_html(volume: Volume, result: Any, reading: dict[str, Any] | None, model_card: dict[str, Any],
+               *, include_source_path: bool = False) -> str:
+    from sirad_viewer.io.deid import source_reference
+
+    d = result.to_dict(include_source_path=include_source_path)
+    case = source_reference(reading.get("case"), include_path=include_source_path) if reading else d.get("source", "")
     imgs = key_images(volume, result)
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>SIRAD case report</title><style>"
@@ -79,7 +83,7 @@ def build_html(volume: Volume, result: Any, reading: dict[str, Any] | None, mode
              "img{margin:4px}</style></head><body>",
              "<h1>SIRAD Viewer case report</h1>",
              f"<div class='warn'><b>Not for clinical use.</b> {e(d['disclaimer'])}</div>",
-             f"<p>Case: {e(str(reading.get('case') if reading else d.get('source', '')))}<br>"
+             f"<p>Case: {e(str(case))}<br>"
              f"Written {datetime.now(timezone.utc).isoformat(timespec='seconds')} by SIRAD Viewer {__version__}</p>"]
     parts.append("<h2>Grades (modified New York)</h2><table><tr><th></th><th>Right SIJ</th><th>Left SIJ</th>"
                  "<th>confidence</th><th>comment</th><th>time</th></tr>")
@@ -134,8 +138,9 @@ def build_html(volume: Volume, result: Any, reading: dict[str, Any] | None, mode
 
 
 def write_report(path: str | Path, volume: Volume, result: Any, reading: dict[str, Any] | None,
-                 model_card: dict[str, Any]) -> Path:
-    """Write the report as HTML (``.html``) or PDF (``.pdf``)."""
+                 model_card: dict[str, Any], *, include_source_path: bool = False) -> Path:
+    """Write the report as HTML (``.html``) or PDF (``.pdf``); the case is named by a
+    non-identifying reference unless ``include_source_path``."""
     from sirad_viewer.errors import ExportError
 
     path = Path(path)
@@ -144,7 +149,8 @@ def write_report(path: str | Path, volume: Volume, result: Any, reading: dict[st
         if path.suffix.lower() == ".pdf":
             _write_pdf(path, volume, result, reading, model_card)
         else:
-            path.write_text(build_html(volume, result, reading, model_card), encoding="utf-8")
+            path.write_text(build_html(volume, result, reading, model_card, include_source_path=include_source_path),
+                            encoding="utf-8")
     except OSError as exc:
         raise ExportError(f"the report cannot be written: {exc}", path=path) from exc
     return path
