@@ -2,15 +2,18 @@
 
 Choice of library (issue #12)
 -----------------------------
-We evaluated the two maintained pydicom-based de-identifiers on PyPI against what this project
-needs (both install and run with pydicom 3):
+We evaluated the two maintained pydicom-based de-identifiers on PyPI (both install and run with
+pydicom 3) on one CT object carrying 126 planted identifying values (``tests/io/test_deid.py``):
 
-* ``dicognito`` 0.19 walks nested sequences and shifts dates, but derives new UIDs and names as
-  ``md5(seed + value)`` and one date offset per run (not per patient), keeps descriptions,
-  protocol name, admission id, allergies and private tags, and has no clean-descriptors option.
-* ``deid`` 0.4 is driven by a recipe language whose default recipe is a site's (CTP-derived)
-  list, not the standard's table; UID remapping and per-patient date shifts need custom
+* ``dicognito`` 0.19 left 43: it walks nested sequences and shifts dates, but keeps descriptions,
+  protocol name, admission id, allergies, private tags, the preamble and codes in nested
+  sequences; it derives new UIDs as ``md5(seed + uid)`` and uses one date offset per run, not
+  per patient, and has no clean-descriptors option.
+* ``deid`` 0.4.13 with its default recipe left 50 (allergies, institution, station,
+  descriptions, verifying observer, nested codes, preamble, ...): its recipe is a site's
+  CTP-derived list, not the standard's table; keyed UIDs and per-patient date shifts need custom
   functions, and it pulls a plotting stack into a core package.
+* the previous ``io/deid.py`` left 57; this package leaves 0.
 
 Neither fits without rewriting most of its behaviour, so we apply the standard's own table:
 :mod:`.profile` implements the PS3.15 Annex E Basic Application Level Confidentiality Profile

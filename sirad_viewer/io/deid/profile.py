@@ -69,6 +69,9 @@ _COMBOS = {
     "X_Z_D_TAGS": Action.REMOVE, "X_Z_U_STAR_TAGS": Action.REMOVE,
 }
 
+#: Editions of Table E.1-1 in dicom-anonymizer, newest first.
+_EDITIONS = ("dicomfields_2026c", "dicomfields_2024b", "dicomfields_2023")
+
 #: Descriptions kept (cleaned) with the Clean Descriptors option; removed otherwise.
 DESCRIPTORS = frozenset({
     "StudyDescription", "SeriesDescription", "ProtocolName", "ImageComments",
@@ -87,11 +90,18 @@ _DUMMY = {"PN": "ANONYMIZED", "LO": "ANONYMIZED", "SH": "ANONYMIZED", "LT": "ANO
 def annex_e_table() -> tuple[dict[int, str], tuple[tuple[int, int, int, int, str], ...]]:
     """Tag -> table category (``"X_D_TAGS"``, ...) for the basic profile, plus masked ranges
     ``(group, elem, gmask, emask, category)``."""
-    try:
-        from dicomanonymizer.dicom_anonymization_databases import dicomfields_2026c as table
-    except ImportError as exc:  # pragma: no cover - declared dependency
+    import importlib
+
+    table = None
+    for edition in _EDITIONS:
+        try:
+            table = importlib.import_module(f"dicomanonymizer.dicom_anonymization_databases.{edition}")
+            break
+        except ImportError:
+            continue
+    if table is None:  # pragma: no cover - declared dependency
         raise ExportError("the 'dicom-anonymizer' package (Annex E attribute table) is not installed",
-                          code="missing_dependency") from exc
+                          code="missing_dependency")
     exact: dict[int, str] = {}
     masked: list[tuple[int, int, int, int, str]] = []
     for name in _COMBOS:
