@@ -339,7 +339,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     volume = load_series(result.series[result.chosen])
     grader = Grader(find_bundle("grading", args.bundle), device=args.device)
     res = grader(volume, heatmaps=True)
-    reading = latest_reading(args.reads or default_log_path(), str(Path(args.path).resolve()))
+    from sirad_viewer.io.deid import source_reference
+
+    reading = latest_reading(args.reads or default_log_path(), source_reference(Path(args.path).resolve()))
     if args.right is not None or args.left is not None:
         reading = {"case": str(args.path), "pre_ai": {"right": args.right, "left": args.left, "at": None}, "post_ai": None}
     out = write_report(args.out, volume, res, reading, grader.bundle.metadata,

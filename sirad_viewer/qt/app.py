@@ -482,7 +482,9 @@ class MainWindow(QtWidgets.QMainWindow):
         from sirad_viewer.state.reading import default_log_path
 
         log_path = None if self.study is not None else Path(self.settings.get("reads_log") or default_log_path())
-        self.reading = Reading(case=str(Path(path).resolve()), reader=str(self.settings.get("reader", "reader")),
+        from sirad_viewer.io.deid import source_reference  # the reads log names no path (#12)
+
+        self.reading = Reading(case=source_reference(Path(path).resolve()), reader=str(self.settings.get("reader", "reader")),
                                ai_visible_at_once=self._ai_visible_at_once(), log_path=log_path)
         self._shown_result = None
         if self.study is not None:

@@ -74,6 +74,8 @@ def build_html(volume: Volume, result: Any, reading: dict[str, Any] | None, mode
 
     d = result.to_dict(include_source_path=include_source_path)
     case = source_reference(reading.get("case"), include_path=include_source_path) if reading else d.get("source", "")
+    if include_source_path and str(case).startswith("sha256:"):  # the reads log keeps only the reference
+        case = d.get("source", case)
     imgs = key_images(volume, result)
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>SIRAD case report</title><style>"

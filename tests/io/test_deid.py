@@ -506,3 +506,15 @@ def test_grade_json_and_report_name_no_source_path_unless_asked(tmp_path, monkey
     assert "PLNT" not in html and str(tmp_path) not in html and source_reference(folder) in html
     html = write_report(tmp_path / "r2.html", vol, res, reading, {}, include_source_path=True).read_text()
     assert str(folder) in html
+    # the reads log keys a case by its reference (as the viewer writes it); `sirad report` finds it
+    from sirad_viewer.state.reading import Reading
+
+    log = tmp_path / "reads.jsonl"
+    r = Reading(source_reference(Path(ct).resolve()), reader="dr a", log_path=log)
+    r.set_grade("right", 3)
+    r.set_grade("left", 1)
+    r.lock()
+    assert sirad(["report", str(ct), "--out", str(tmp_path / "r3.html"), "--reads", str(log)]) == 0
+    html = (tmp_path / "r3.html").read_text()
+    assert "PLNT" not in html and str(tmp_path) not in html and "3 (" in html
+    assert "PLNT" not in log.read_text()

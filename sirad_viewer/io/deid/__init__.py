@@ -46,6 +46,8 @@ def source_reference(path: str | Path | None, *, include_path: bool = False) -> 
     """
     if not path:
         return ""
+    if str(path).startswith("sha256:"):  # already a reference
+        return str(path)
     p = os.path.abspath(os.fspath(path))
     if include_path:
         return p
