@@ -19,7 +19,7 @@ from sirad_viewer import __version__
 from sirad_viewer.errors import ExportError
 from sirad_viewer.imaging import geometry as geo
 from sirad_viewer.imaging.volume import SeriesMetadata, Volume, resample_to
-from sirad_viewer.io.deid import DeidOptions, deidentify_dataset, deidentify_metadata, one_off_key
+from sirad_viewer.io.deid import DeidOptions, deidentify_dataset, deidentify_metadata, one_off_key, scrub_paths
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ def write_nifti(volume: Volume, path: str | Path, *, deidentify: bool = True, si
         meta = deidentify_metadata(volume.metadata, key=key) if deidentify else volume.metadata
         side = {
             "metadata": meta.to_dict(),
-            "warnings": [w.to_dict() for w in volume.warnings],
+            "warnings": [{**w.to_dict(), "message": scrub_paths(w.message, volume.sources)} if deidentify
+                         else w.to_dict() for w in volume.warnings],
             "written_by": f"sirad-viewer {__version__}",
             "deidentified": bool(deidentify),
         }

@@ -328,6 +328,8 @@ def test_zip_input_zip_output_and_nothing_half_written(planted, tmp_path, key_fi
         assert not (tmp_path / "half").exists() and not list(tmp_path.glob(".half*"))
     rep = deidentify_path(bad_dir, tmp_path / "skipping", key=b"k" * 32, skip_unreadable=True)
     assert rep.written == 3 and [n for n, _ in rep.skipped] == [str(broken)]
+    one = deidentify_path(next(src.glob("*.dcm")), tmp_path / "single", key=b"k" * 32)
+    assert one.written == 1 and len(list((tmp_path / "single").rglob("*.dcm"))) == 1
     # existing output is never overwritten; a key inside the output is refused
     assert sirad(["deidentify", str(src), "--out", str(tmp_path / "skipping")]) == 2
     assert sirad(["deidentify", str(src), "--out", str(tmp_path / "o2"), "--key", str(tmp_path / "o2" / "k")]) == 2
@@ -439,6 +441,19 @@ def test_nifti_sidecar_is_deidentified_and_names_no_source(tmp_path):
     side = (tmp_path / "out2" / "ct.json").read_text()
     for value in [*PLANTED_IDENTITY.values(), "PLNT HOSPITAL", "20200101"]:
         assert value not in side
+
+
+def test_sidecar_warnings_name_no_source_folder(tmp_path):
+    from sirad_viewer.errors import VolumeWarning
+
+    v = identity_volume()
+    v.sources = ["/data/PLNTSURNAME^X/IM1.dcm", "/data/PLNTSURNAME^X/IM2.dcm"]
+    v.warnings = [VolumeWarning("uneven_spacing", "2.5 mm expected, 5.0 mm found between files "
+                                "/data/PLNTSURNAME^X/IM1.dcm and IM2.dcm")]
+    write_nifti(v, tmp_path / "ct.nii.gz")
+    side = json.loads((tmp_path / "ct.json").read_text())
+    msg = side["warnings"][0]["message"]
+    assert "PLNT" not in msg and "IM2.dcm" not in msg and msg.startswith("2.5 mm expected, 5.0 mm found")
 
 
 def test_metadata_deidentification_keeps_clinical_geometry_fields():

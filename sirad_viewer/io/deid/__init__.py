@@ -54,6 +54,21 @@ def source_reference(path: str | Path | None, *, include_path: bool = False) -> 
     return "sha256:" + hashlib.sha256(p.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
+def scrub_paths(text: str, sources: list[str] | tuple[str, ...]) -> str:
+    """``text`` with every source path, file name and folder name of ``sources`` replaced by
+    ``<source>`` (warnings name files; folders often carry the patient's name)."""
+    names: set[str] = set()
+    for s in sources:
+        if not s:
+            continue
+        p = Path(str(s).replace("!", "/"))
+        names.update({str(s), os.path.abspath(str(s)), str(p)})
+        names.update(part for part in p.parts if part not in ("/", ".", ".."))
+    for n in sorted((n for n in names if len(n) >= 3), key=len, reverse=True):
+        text = text.replace(n, "<source>")
+    return text
+
+
 def deidentify_metadata(meta: SeriesMetadata, *, key: bytes | None = None,
                         options: DeidOptions | None = None) -> SeriesMetadata:
     """De-identified copy of a volume's :class:`SeriesMetadata` for side-cars and reports.
@@ -94,4 +109,4 @@ def one_off_key() -> bytes:
 
 __all__ = ["DeidOptions", "PROFILE_NAME", "action_for", "deidentify_dataset", "deidentify_metadata",
            "default_key_path", "load_or_create_key", "one_off_key", "parse_private_rule", "pseudonym",
-           "remap_uid", "source_reference"]
+           "remap_uid", "scrub_paths", "source_reference"]
