@@ -151,7 +151,6 @@ def oblique_volume() -> Volume:
     c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
     rot = np.array([[1, 0, 0], [0, c, -s], [0, s, c]]) @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
     aff = np.eye(4)
-    aff[:3, :3] = rot @ np.diag([2.5, 0.7, 0.8])[[2, 1, 0]][[2, 1, 0]]
     aff[:3, :3] = np.column_stack([rot[:, 2] * 2.5, rot[:, 1] * 0.7, rot[:, 0] * 0.8])
     aff[:3, 3] = [-31.5, 12.25, -605.0]
     return Volume(arr, aff, SeriesMetadata(modality="CT"))
@@ -194,9 +193,9 @@ def key_file(tmp_path, monkeypatch) -> Path:
 
 def test_planted_values_are_really_in_the_source(planted):
     src, values = planted
-    assert len({(k, v) for vals in values for k, v in vals.items()}) >= 80 * 1
     assert len(values[0]) >= 80
-    assert len(leaked(values, all_bytes(src))) == len(values[0]) + len(values) - 1  # all present before
+    everything = {f"{k}={v}" for vals in values for k, v in vals.items()}
+    assert set(leaked(values, all_bytes(src))) == everything  # every planted value is in the source bytes
 
 
 def test_cli_deidentify_leaves_none_of_the_planted_values_and_keeps_the_volume(planted, tmp_path, key_file):
@@ -324,7 +323,7 @@ def test_zip_input_zip_output_and_nothing_half_written(planted, tmp_path, key_fi
         broken.write_bytes(whole[:cut])
         with pytest.raises(LoadError) as err:
             deidentify_path(bad_dir, tmp_path / "half", key=b"k" * 32)
-        assert "zz_broken.dcm" in err.value.user_message() and "truncated" in err.value.message
+        assert "zz_broken.dcm" in err.value.user_message() and "truncated" in err.value.message, err.value.message
         assert not (tmp_path / "half").exists() and not list(tmp_path.glob(".half*"))
     rep = deidentify_path(bad_dir, tmp_path / "skipping", key=b"k" * 32, skip_unreadable=True)
     assert rep.written == 3 and [n for n, _ in rep.skipped] == [str(broken)]
@@ -533,3 +532,28 @@ def test_grade_json_and_report_name_no_source_path_unless_asked(tmp_path, monkey
     html = (tmp_path / "r3.html").read_text()
     assert "PLNT" not in html and str(tmp_path) not in html and "3 (" in html
     assert "PLNT" not in log.read_text()
+
+
+def test_real_series_with_empty_uids_deidentifies_to_the_same_volume(real_dicom_dir, tmp_path):
+    """The real Siemens series (JPEG 2000, empty Series/SOP UIDs) keeps its voxels and geometry."""
+    rep = deidentify_path(real_dicom_dir, tmp_path / "out", key=b"r" * 32)
+    assert rep.written == 20
+    uids = {str(dcmread(f).SOPInstanceUID) for f in (tmp_path / "out").rglob("*.dcm")}
+    assert len(uids) == 20 and all(u.startswith("2.25.") for u in uids)  # made for the file meta, keyed
+    before, after = open_volume(real_dicom_dir), open_volume(tmp_path / "out")
+    assert np.array_equal(before.array, after.array)
+    np.testing.assert_allclose(after.affine, before.affine, atol=1e-9)
+
+
+def test_malformed_corpus_gives_our_errors_or_clean_copies(malformed_dir, tmp_path):
+    """Every real malformed file is either written de-identified or skipped with our reason;
+    without --skip-unreadable the first bad one stops the run, named, and nothing is left."""
+    rep = deidentify_path(malformed_dir, tmp_path / "out", key=b"m" * 32, skip_unreadable=True)
+    assert rep.written >= 40 and rep.skipped
+    for f in (tmp_path / "out").rglob("*.dcm"):
+        ds = dcmread(f)
+        assert ds.PatientIdentityRemoved == "YES" and not any(e.tag.is_private for e in ds.iterall())
+    with pytest.raises((LoadError, ExportError)) as err:
+        deidentify_path(malformed_dir, tmp_path / "strict", key=b"m" * 32)
+    assert str(malformed_dir) in err.value.user_message()
+    assert not (tmp_path / "strict").exists()

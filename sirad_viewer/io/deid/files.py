@@ -14,7 +14,8 @@ import shutil
 import stat
 import tempfile
 import zipfile
-from contextlib import ExitStack
+import warnings
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -39,6 +40,25 @@ class DeidReport:
     series: set[str] = field(default_factory=set)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     flagged: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """pydicom warns about every odd value it reads; what matters reaches the user as our errors.
+    Its messages stay visible at debug level (``sirad -vv``)."""
+    import pydicom  # noqa: F401 - importing pydicom sets its logger's level: do it first
+
+    plog = logging.getLogger("pydicom")
+    level = plog.level
+    if not log.isEnabledFor(logging.DEBUG):
+        plog.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            if not log.isEnabledFor(logging.DEBUG):
+                warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        plog.setLevel(level)
 
 
 def _is_zip(p: Path) -> bool:
@@ -110,11 +130,32 @@ def _read(name: str, reader: Callable[[], bytes]) -> object | None:
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise LoadError(f"cannot be read: {exc}", code="not_found", path=name) from exc
     try:
-        return pydicom.dcmread(io.BytesIO(data))
+        try:
+            return pydicom.dcmread(io.BytesIO(data))
+        except InvalidDicomError:
+            # no preamble/meta: still DICOM when a forced read finds an object with a SOP class
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+            if not str(ds.get("SOPClassUID", "") or "").startswith("1.2.840.10008."):
+                return None
+            _set_transfer_syntax(ds)
+            return ds
     except InvalidDicomError:
         return None
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken files
         raise LoadError(f"cannot be read as DICOM ({type(exc).__name__}: {exc})", code="not_dicom", path=name) from exc
+
+
+def _set_transfer_syntax(ds: object) -> None:
+    """A file without meta header: record the encoding pydicom found, so it can be written."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = getattr(ds, "original_encoding", (None, None))
+        meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                  ExplicitVRLittleEndian if little or little is None else ExplicitVRBigEndian)
+    ds.file_meta = meta  # type: ignore[attr-defined]
 
 
 def _check_complete(ds: object, name: str) -> None:
@@ -126,7 +167,8 @@ def _check_complete(ds: object, name: str) -> None:
     pixels = ds.get("PixelData")  # type: ignore[attr-defined]
     if pixels is None:
         if sop and "Image" in UID(sop).name and not any(k in ds for k in ("FloatPixelData", "DoubleFloatPixelData")):  # type: ignore[operator]
-            raise LoadError("ends before its pixel data (the file is truncated)", code="truncated_pixel_data", path=name)
+            raise LoadError("is an image without pixel data (truncated?); not copied", code="truncated_pixel_data",
+                            path=name)
         return
     ts = getattr(meta, "TransferSyntaxUID", None)
     if ts is not None and UID(str(ts)).is_compressed:
@@ -197,6 +239,7 @@ def deidentify_path(
     report = DeidReport(out=out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     stack = ExitStack()
+    stack.enter_context(_quiet_pydicom())
     try:
         inputs = _inputs(src, report, stack)
         n = max(len(inputs), 1)
@@ -213,21 +256,26 @@ def deidentify_path(
                     report.skipped.append((name, "DICOMDIR (a media index) is not copied; rebuild it from the output"))
                     continue
                 _check_complete(ds, name)
+                sop = str(ds.get("SOPClassUID", "") or "") or sop_class
+                if not sop:
+                    raise LoadError("has no SOP Class UID: it is not a storable DICOM object", code="not_dicom",
+                                    path=name)
                 clean = deidentify_dataset(ds, key=key, options=opts, where=name)
+                series = str(clean.get("SeriesInstanceUID", "") or "") or "no-series-uid"
+                folder = tmp / series
+                folder.mkdir(exist_ok=True)
+                target = _unique(folder / f"{clean.SOPInstanceUID}.dcm")
+                try:
+                    clean.save_as(target, enforce_file_format=True)
+                except (ValueError, AttributeError, TypeError, KeyError) as exc:  # the object's content
+                    target.unlink(missing_ok=True)
+                    raise ExportError(f"its de-identified copy cannot be written as DICOM: {exc}",
+                                      code="unwritable_object", path=name) from exc
             except (LoadError, ExportError) as exc:
                 if not skip_unreadable:
                     raise
                 report.skipped.append((name, exc.message))
                 continue
-            series = str(clean.get("SeriesInstanceUID", "") or "") or "no-series-uid"
-            folder = tmp / series
-            folder.mkdir(exist_ok=True)
-            target = _unique(folder / f"{clean.get('SOPInstanceUID', '') or f'object-{i + 1:06d}'}.dcm")
-            try:
-                clean.save_as(target, enforce_file_format=bool(getattr(clean, "file_meta", None)
-                                                              and "TransferSyntaxUID" in clean.file_meta))
-            except (OSError, ValueError, AttributeError) as exc:
-                raise ExportError(f"the de-identified copy of {name} cannot be written: {exc}", path=target) from exc
             report.written += 1
             report.series.add(series)
             if clean.get("PatientIdentityRemoved") == "NO":

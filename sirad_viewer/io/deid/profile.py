@@ -353,6 +353,19 @@ class _Walker:
                     del ds[tag]
 
 
+def _object_digest(ds: Any) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for kw in ("SeriesInstanceUID", "InstanceNumber", "ImagePositionPatient", "AcquisitionNumber"):
+        h.update(str(ds.get(kw, "")).encode() + b"|")
+    try:
+        h.update(bytes(ds.get("PixelData") or b""))
+    except (TypeError, ValueError):
+        pass
+    return h.hexdigest()
+
+
 def _flag(ds: Any, keyword: str) -> bool:
     return str(ds.get(keyword, "") or "").strip().upper() == "YES"
 
@@ -412,6 +425,10 @@ def deidentify_dataset(ds: Any, *, key: bytes, options: DeidOptions | None = Non
         out.PatientName = walker.patient_pseudonym
     if "PatientID" not in out:
         out.PatientID = walker.patient_pseudonym
+    if not str(out.get("SOPInstanceUID", "") or "").strip():
+        # an object without its own UID (it happens: see ../shared/data/ct) still needs one in the
+        # file meta; derive it from what identifies the object, keyed, so a rerun gives the same
+        out.SOPInstanceUID = remap_uid("sirad-empty-sop|" + _object_digest(ds), key)
     out.PatientIdentityRemoved = "NO" if burned else "YES"
     out.DeidentificationMethod = opts.method_text() + (["BURNED-IN ANNOTATION NOT REMOVED"] if burned else [])
     out.DeidentificationMethodCodeSequence = _method_code_sequence(opts)
