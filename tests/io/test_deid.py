@@ -16,7 +16,7 @@ from sirad_viewer.errors import ExportError, LoadError
 from sirad_viewer.imaging.volume import SeriesMetadata, Volume
 from sirad_viewer.io import open_volume
 from sirad_viewer.io.deid import (DeidOptions, deidentify_dataset, deidentify_metadata, load_or_create_key,
-                                  remap_uid, source_reference)
+                                  parse_private_rule, remap_uid, source_reference)
 from sirad_viewer.io.deid.files import deidentify_path
 from sirad_viewer.io.export import write_dicom_series, write_nifti
 from sirad_viewer.phantom import PLANTED_IDENTITY
@@ -251,7 +251,7 @@ def test_uids_are_keyed_consistent_and_not_an_unkeyed_hash(planted, tmp_path):
 
 
 def test_dates_shifted_per_patient_keep_intervals(planted):
-    src, _ = planted
+    src, values = planted
     ds = dcmread(sorted(src.glob("*.dcm"))[0])
     key = b"k" * 32
     out = deidentify_dataset(ds, key=key, options=DeidOptions(retain_dates_shifted=True))
@@ -261,6 +261,9 @@ def test_dates_shifted_per_patient_keep_intervals(planted):
         return dt.date(int(s[:4]), int(s[4:6]), int(s[6:8]))
     assert out.StudyDate != ds.StudyDate and out.LongitudinalTemporalInformationModified == "MODIFIED"
     assert (d(out.StudyDate) - d(out.ContentDate)) == (d(ds.StudyDate) - d(ds.ContentDate))
+    text = b"".join(str(e.value).encode() for e in out.iterall() if e.VR not in ("OW", "OB"))
+    left = leaked([values[0]], text)
+    assert left and all(v.split("=")[0].endswith("Time") for v in left), left  # only times of day stay
     assert "PatientBirthDate" not in out or not out.PatientBirthDate
     assert out.VerifyingObserverSequence[0].VerificationDateTime[8:] == ds.VerifyingObserverSequence[0].VerificationDateTime[8:]
     again = deidentify_dataset(dcmread(sorted(src.glob("*.dcm"))[5]), key=key,
@@ -297,6 +300,10 @@ def test_private_whitelist_keeps_only_the_named_element(planted):
     out = deidentify_dataset(ds, key=b"k" * 32, options=DeidOptions(keep_private=frozenset({(0x29, "PLNTVENDOR", 0x10)})))
     kept = {e.tag: e.value for e in out if e.tag.is_private}
     assert kept == {0x00290010: "PLNTVENDOR", 0x00291010: "PRIVATE-PLNT-VALUE"}
+    assert parse_private_rule("0029,PLNTVENDOR,10") == (0x29, "PLNTVENDOR", 0x10)
+    for bad in ("0028,X,10", "0029,X,100", "zz"):
+        with pytest.raises(ValueError):
+            parse_private_rule(bad)
 
 
 def test_zip_input_zip_output_and_nothing_half_written(planted, tmp_path, key_file):

@@ -92,7 +92,7 @@ def deidentify_metadata(meta: SeriesMetadata, *, key: bytes | None = None,
 
     return replace(
         meta,
-        patient_name=pseudo, patient_id=pseudo, patient_birth_date="", accession_number="",
+        patient_name=pseudo, patient_id=pseudo, patient_birth_date="", patient_sex="", accession_number="",
         institution_name="", study_date=study_date, study_description="", series_description="",
         study_instance_uid=uid(meta.study_instance_uid), series_instance_uid=uid(meta.series_instance_uid),
         frame_of_reference_uid=uid(meta.frame_of_reference_uid),
