@@ -231,7 +231,7 @@ def deidentify_path(
     if out.exists() and (as_zip or not out.is_dir() or any(out.iterdir())):
         raise ExportError("already exists; give a new output folder (nothing was overwritten)", code="exists", path=out)
     try:
-        if src.resolve() == out.resolve() or out.resolve().is_relative_to(src.resolve()) and src.is_dir():
+        if src.resolve() == out.resolve() or (src.is_dir() and out.resolve().is_relative_to(src.resolve())):
             raise ExportError("the output must not be inside the input", code="bad_output", path=out)
     except OSError:
         pass

@@ -345,7 +345,7 @@ class _Walker:
             if act is Action.REMOVE:
                 del ds[tag]
             elif act is Action.EMPTY or elem.VR == "PN":
-                elem.value = [] if elem.VR in ("OB", "OW", "OF", "OD", "OL", "OV", "UN") else ""
+                elem.value = b"" if elem.VR in ("OB", "OW", "OF", "OD", "OL", "OV", "UN") else ""
             elif act is Action.DUMMY:
                 if elem.VR in _DUMMY:
                     elem.value = _DUMMY[elem.VR]
