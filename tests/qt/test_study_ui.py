@@ -220,7 +220,6 @@ def test_ai_visible_at_once_set_during_a_study_does_not_reach_clinical_reading(w
     wait_case(win)
     vis = next(a for a in win.findChildren(QtGui.QAction) if a.text().startswith("AI visible at once"))
     vis.setChecked(True)  # tried during the study
-    vis.trigger()
     win.end_study()
     win.settings.set("ai_autorun", False)
     win.open_path(str(real_nifti))
@@ -230,23 +229,30 @@ def test_ai_visible_at_once_set_during_a_study_does_not_reach_clinical_reading(w
     assert win.reading.ai is None  # grade first, as before the study
 
 
-def test_pause_resume_keeps_the_layout(win, study_files, tmp_path):
+def test_pause_resume_keeps_the_layout_and_saves_no_squeezed_layout(win, study_files, qtbot):
+    from sirad_viewer.qt.app import MainWindow
+
     win.settings.set("ai_autorun", False)
     assert win.start_study(str(study_files["spare"]), reader="r1", key=str(study_files["spare-key"]))
     wait_case(win)
     QtWidgets.QApplication.processEvents()
-    before = win.grid_host.size()
+    grid, dock = win.grid_host.size(), win.ai_dock.width()
     ctl = win.study
-    ctl.toggle_pause()
-    for _ in range(5):
-        QtWidgets.QApplication.processEvents()
+    for _ in range(3):  # pause, resume, pause: the images are covered, the docks do not move
+        ctl.toggle_pause()
+        for _ in range(5):
+            QtWidgets.QApplication.processEvents()
+        assert abs(win.ai_dock.width() - dock) <= 2 and win.grid_host.isVisible()
     assert ctl.paused
-    ctl.toggle_pause()
+    win.close()  # the program is closed while paused: the saved layout is the reading layout
+    w2 = MainWindow(settings=win.settings, interactive=False, with_3d=False)
+    qtbot.addWidget(w2)
+    w2.show()
+    qtbot.waitExposed(w2)
     for _ in range(5):
         QtWidgets.QApplication.processEvents()
-    after = win.grid_host.size()
-    assert abs(after.width() - before.width()) <= 2 and abs(after.height() - before.height()) <= 2
-    assert after.width() > 300
+    assert abs(w2.grid_host.width() - grid.width()) <= 4 and abs(w2.ai_dock.width() - dock) <= 4
+    w2.close()
 
 
 def test_pause_blocks_the_panel(win, study_files):
