@@ -744,6 +744,9 @@ class MainWindow(QtWidgets.QMainWindow):
             self.ai_panel.side_by_side.setChecked(on)
 
     def report_dialog(self) -> None:
+        if self.study is not None:
+            self.statusBar().showMessage("no export in a reader's session")
+            return
         if self.reading is None or self.reading.ai is None:
             self.statusBar().showMessage("the case report needs the AI result: lock your grades first")
             return
@@ -755,8 +758,8 @@ class MainWindow(QtWidgets.QMainWindow):
     def write_report(self, path: str) -> Path | None:
         from sirad_viewer.viz.report import write_report
 
-        if self.reading is None or self.reading.ai is None:
-            return None
+        if self.reading is None or self.reading.ai is None or self.study is not None:
+            return None  # nothing before the reveal, and no export from a reader's session
         try:
             out = write_report(path, self.ai_volume, self.reading.ai, self.reading.summary(),
                                self._get_grader().bundle.metadata)

@@ -206,6 +206,7 @@ def test_reader_session_is_blinded_and_offers_no_coordinator_view_or_export(win,
     assert not win.state.show_patient_text and not win.patient_text_action.isEnabled()
     assert not win.coordinator_action.isEnabled()
     assert not any(a.isEnabled() for a in win.export_actions)
+    assert win.write_report(str(study_files["spare"].parent / "r.html")) is None
     opened = []
     monkeypatch.setattr("sirad_viewer.qt.study.CoordinatorDialog.exec", lambda self: opened.append(self))
     win.coordinator_dialog(str(study_files["spare"]), str(study_files["spare-key"]))
