@@ -341,3 +341,24 @@ def test_study_lock_not_written_keeps_the_ai_hidden(tmp_path):
         r.lock()
     assert ei.value.code == "session_taken_over"
     assert not r.locked and r.ai is None
+
+
+def test_session_refuses_grading_locking_and_reveal_while_paused(tmp_path):
+    store = StudyStore.create(tmp_path / "s.sqlite", protocol())
+    s = ReaderSession(store, "r1")
+    case = s.current()["case"]
+    s.open(case)
+    s.set_grade(case, "left", 1)
+    s.set_grade(case, "right", 1)
+    s.mark(case, "paused", active_s=3.0)
+    for action in (lambda: s.set_grade(case, "left", 2), lambda: s.lock(case), lambda: s.reveal(case, {})):
+        with pytest.raises(StudyError) as ei:
+            action()
+        assert ei.value.code == "paused"
+    s.mark(case, "idle", active_s=3.0)
+    s.mark(case, "resumed", active_s=3.0, after="idle")  # back from idle is not the end of a pause
+    with pytest.raises(StudyError):
+        s.lock(case)
+    s.mark(case, "resumed", active_s=3.0)
+    s.lock(case)
+    s.reveal(case, {})
