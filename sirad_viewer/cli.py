@@ -107,23 +107,48 @@ def cmd_phantom_dataset(args: argparse.Namespace) -> int:
 
 # --- study ---------------------------------------------------------------------------------
 
-def _open_store(path: str):
+def _open_store(path: str, key_path: str | None = None):
+    from sirad_viewer.study.integrity import CoordinatorKey
     from sirad_viewer.study.protocol import StudyError
     from sirad_viewer.study.store import StudyStore
 
     if "://" not in path and not Path(path).exists():
         raise StudyError("does not exist (create it with 'sirad study create')", path=path, code="not_found")
-    return StudyStore(path)
+    return StudyStore(path, key=CoordinatorKey.load(key_path) if key_path else None)
+
+
+def _checked_store(args: argparse.Namespace):
+    """Open the study and verify it (with the coordinator key when given): (store, ok)."""
+    store = _open_store(args.study, getattr(args, "key", None))
+    v = store.verify()
+    if v.ok:
+        print(f"event log: {v.message}", file=sys.stderr if getattr(args, "quiet_check", False) else sys.stdout)
+    else:
+        print("event log: TAMPERED:", file=sys.stderr)
+        for problem in v.problems:
+            print(f"  - {problem}", file=sys.stderr)
+    return store, v.ok
 
 
 def cmd_study_create(args: argparse.Namespace) -> int:
-    from sirad_viewer.study.protocol import Protocol
+    from sirad_viewer.study.integrity import CoordinatorKey, default_key_path, new_study_id
+    from sirad_viewer.study.protocol import Protocol, StudyError
     from sirad_viewer.study.store import StudyStore
 
     protocol = Protocol.load(args.protocol)
-    store = StudyStore.create(args.study, protocol)
+    if StudyStore(args.study).get_meta("protocol") is not None:
+        raise StudyError("already holds a study; open it instead of creating it again", path=args.study, code="exists")
+    study_id = new_study_id()
+    key_path = Path(args.key) if args.key else default_key_path(args.study, study_id)
+    if "://" not in args.study and Path(args.study).resolve().parent in Path(key_path).resolve().parents:
+        print(f"warning: {key_path} is inside the study folder; keep the coordinator key where readers of the "
+              "study folder cannot read it", file=sys.stderr)
+    key = CoordinatorKey.new(study_id).write(key_path)
+    store = StudyStore.create(args.study, protocol, key=key)
     print(f"created {args.study}: '{protocol.name}', {protocol.design}, {len(protocol.readers)} reader(s), "
           f"{len(protocol.cases)} case(s), protocol hash {protocol.hash[:16]}")
+    print(f"coordinator key: {key_path} (keep it outside the study folder; 'sirad study status {args.study} "
+          f"--key {key_path}' checks the log against it)")
     store.close()
     return 0
 
@@ -158,7 +183,7 @@ def _read_cases(path: str) -> list:
 
 
 def cmd_study_add_cases(args: argparse.Namespace) -> int:
-    store = _open_store(args.study)
+    store = _open_store(args.study, args.key)
     protocol = store.protocol
     new = _read_cases(args.cases)
     protocol.cases.extend(new)
@@ -170,11 +195,9 @@ def cmd_study_add_cases(args: argparse.Namespace) -> int:
 def cmd_study_status(args: argparse.Namespace) -> int:
     from sirad_viewer.study.session import ReaderSession
 
-    store = _open_store(args.study)
+    store, ok = _checked_store(args)
     p = store.protocol
-    ok, msg = store.verify()
     print(f"{p.name} ({p.design}), protocol {p.hash[:16]}{' (frozen)' if store.frozen else ''}")
-    print(f"event log: {msg}" + ("" if ok else "  <-- TAMPERED"))
     for r in p.readers:
         s = ReaderSession(store, r.id)
         done, total = s.progress()
@@ -186,7 +209,11 @@ def cmd_study_status(args: argparse.Namespace) -> int:
 def cmd_study_export(args: argparse.Namespace) -> int:
     from sirad_viewer.study.analysis import write_export
 
-    out = write_export(_open_store(args.study), args.out)
+    store, ok = _checked_store(args)
+    if not ok:
+        print("nothing exported: the event log does not verify", file=sys.stderr)
+        return 2
+    out = write_export(store, args.out)
     print(f"written {out}")
     return 0
 
@@ -194,8 +221,12 @@ def cmd_study_export(args: argparse.Namespace) -> int:
 def cmd_study_analyse(args: argparse.Namespace) -> int:
     from sirad_viewer.study.analysis import analyse
 
+    store, ok = _checked_store(args)
+    if not ok:
+        print("not analysed: the event log does not verify", file=sys.stderr)
+        return 2
     out = args.out or str(Path(args.study).with_suffix("")) + "-analysis"
-    res = analyse(_open_store(args.study), out, n_boot=args.bootstrap)
+    res = analyse(store, out, n_boot=args.bootstrap)
     for r in res["per_reader_arm"]:
         a5, a3, ap = r["accuracy_5"], r["accuracy_3"], r["accuracy_patient"]
         print(f"  {r['reader']:<8} {r['arm']:<22} acc5 {a5[0]:.3f} ({a5[1]:.3f}-{a5[2]:.3f})  acc3 {a3[0]:.3f}  "
@@ -520,22 +551,28 @@ def build_parser() -> argparse.ArgumentParser:
     c = ss.add_parser("create", help="create a study file from a protocol (YAML or JSON)")
     c.add_argument("study", help="study file (SQLite) or an SQLAlchemy URL")
     c.add_argument("--protocol", required=True)
+    c.add_argument("--key", help="where to write the new coordinator key (default: outside the study folder, "
+                                 "under $SIRAD_KEYS or ~/.local/share/sirad-viewer/keys)")
     c.set_defaults(func=cmd_study_create)
     c = ss.add_parser("add-cases", help="add cases (CSV: id,path,study_uid,left,right,site; or YAML) before grading starts")
     c.add_argument("study")
     c.add_argument("cases")
+    c.add_argument("--key", help="the coordinator key (signs the change)")
     c.set_defaults(func=cmd_study_add_cases)
     c = ss.add_parser("status", help="progress per reader and the event log's integrity")
     c.add_argument("study")
+    c.add_argument("--key", help="the coordinator key: check signatures, checkpoints and study id, not only the chain")
     c.set_defaults(func=cmd_study_status)
     c = ss.add_parser("export", help="long table: reader, case, joint, arm, pre/post-AI grade, AI grade, reference, times")
     c.add_argument("study")
     c.add_argument("--out", required=True, help="FILE.csv or FILE.json")
+    c.add_argument("--key", help="the coordinator key: check signatures, checkpoints and study id, not only the chain")
     c.set_defaults(func=cmd_study_export)
     c = ss.add_parser("analyse", help="accuracy, kappa, unaided vs aided, reveal effects, MRMC; figures and report.html")
     c.add_argument("study")
     c.add_argument("--out", help="output folder (default: STUDY-analysis)")
     c.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (patients)")
+    c.add_argument("--key", help="the coordinator key: check signatures, checkpoints and study id, not only the chain")
     c.set_defaults(func=cmd_study_analyse)
     c = ss.add_parser("mrmc", help="Obuchowski-Rockette MRMC on reader,treatment,case,truth,rating CSV")
     c.add_argument("ratings")

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from PyQt6 import QtCore, QtGui, QtWidgets
 
+from sirad_viewer.errors import SiradError
 from sirad_viewer.state.reading import CONFIDENCE, Reading
 
 DISCLAIMER_SHORT = ("Demo model trained on synthetic phantoms only. Not validated on patients; "
@@ -81,10 +82,12 @@ class GradingPanel(QtWidgets.QGroupBox):
         lay.addWidget(self.confidence, 2, 0, 1, 6)
         self.comment = QtWidgets.QLineEdit()
         self.comment.setPlaceholderText("comment (optional)")
-        self.comment.editingFinished.connect(lambda: self.reading and self.reading.set_comment(self.comment.text()))
+        self.comment.editingFinished.connect(self._commit_comment)
+        self.comment.installEventFilter(self)  # Ctrl+Return in the field locks, with the comment in the record
         lay.addWidget(self.comment, 3, 0, 1, 6)
         self.lock_button = QtWidgets.QPushButton("Lock and reveal AI (Ctrl+Return)")
         self.lock_button.clicked.connect(self.lock_requested.emit)
+        self.error = ""
         lay.addWidget(self.lock_button, 4, 0, 1, 6)
         self.status = QtWidgets.QLabel("")
         self.status.setWordWrap(True)
@@ -93,48 +96,110 @@ class GradingPanel(QtWidgets.QGroupBox):
         self.bind(None)
 
     def bind(self, reading: Reading | None) -> None:
+        if self.reading is not None and self.reading is not reading:
+            self.reading.changed.disconnect(self.refresh)
         self.reading = reading
         if reading is not None:
             reading.changed.connect(self.refresh)
         self.active_side = "right"
+        self.error = ""
         self.refresh()
+
+    def eventFilter(self, obj: QtCore.QObject, e: QtCore.QEvent) -> bool:  # noqa: N802
+        if obj is self.comment and e.type() in (QtCore.QEvent.Type.ShortcutOverride, QtCore.QEvent.Type.KeyPress):
+            if (e.key() in (QtCore.Qt.Key.Key_Return, QtCore.Qt.Key.Key_Enter)
+                    and e.modifiers() & QtCore.Qt.KeyboardModifier.ControlModifier):
+                e.accept()
+                if e.type() == QtCore.QEvent.Type.KeyPress:
+                    self.lock_requested.emit()  # the window locks through request_lock(): the text goes along
+                return e.type() == QtCore.QEvent.Type.KeyPress
+        return super().eventFilter(obj, e)
+
+    def _forward(self, action: Any, *args: Any) -> bool:
+        """Forward input to the reading; a refusal is shown here (a Qt slot never raises)."""
+        if self.reading is None:
+            return False
+        try:
+            action(*args)
+        except SiradError as exc:
+            self.error = exc.user_message()
+            self.refresh()
+            return False
+        self.error = ""
+        self.refresh()
+        return True
 
     def _set(self, side: str, grade: int) -> None:
         if self.reading is not None:
-            self.reading.set_grade(side, grade)
+            self._forward(self.reading.set_grade, side, grade)
 
     def _on_confidence(self, i: int) -> None:
-        if self.reading is not None:
-            self.reading.set_confidence(None if i == 0 else CONFIDENCE[i - 1])
+        if self.reading is not None and not self._refreshing:
+            self._forward(self.reading.set_confidence, None if i == 0 else CONFIDENCE[i - 1])
+
+    def _commit_comment(self) -> None:
+        if self.reading is not None and not self._refreshing:
+            self._forward(self.reading.set_comment, self.comment.text())
+
+    def request_lock(self) -> bool:
+        """Lock with what the panel holds now: a comment typed but not yet committed belongs to the lock."""
+        r = self.reading
+        if r is None or r.locked:
+            return False
+        conf = self.confidence.currentIndex()
+        return self._forward(lambda: r.lock(comment=self.comment.text(),
+                                            confidence=None if conf == 0 else CONFIDENCE[conf - 1]))
 
     def grade_key(self, grade: int) -> None:
         """Keyboard: grade the highlighted joint, then highlight the other one."""
         if self.reading is None:
             return
-        self.reading.set_grade(self.active_side, grade)
-        self.active_side = "left" if self.active_side == "right" else "right"
+        if self._forward(self.reading.set_grade, self.active_side, grade):
+            self.active_side = "left" if self.active_side == "right" else "right"
         self.refresh()
 
     def switch_side(self) -> None:
         self.active_side = "left" if self.active_side == "right" else "right"
         self.refresh()
 
+    _refreshing = False
+
     def refresh(self) -> None:
+        self._refreshing = True
+        try:
+            self._refresh()
+        finally:
+            self._refreshing = False
+
+    def _refresh(self) -> None:
         r = self.reading
-        enabled = r is not None
+        enabled = r is not None and not r.paused
         current = None if r is None else (r.post if (r.locked and r.post is not None) else r.pre)
         for side, grp in self.groups.items():
             v = None if current is None else getattr(current, side)
+            # an exclusive group never unchecks its checked button: without this the previous
+            # case's grade stays selected on the next case while the state says "missing"
+            grp.setExclusive(False)
             for b in grp.buttons():
                 b.setEnabled(enabled)
                 b.setChecked(v is not None and grp.id(b) == v)
+            grp.setExclusive(True)
             bold = "font-weight:bold; color:#e8c547;" if side == self.active_side and enabled else ""
             self.side_labels[side].setStyleSheet(bold)
         for w in (self.confidence, self.comment):
             w.setEnabled(enabled)
+        conf = None if current is None else current.confidence
+        self.confidence.setCurrentIndex(0 if conf not in CONFIDENCE else 1 + CONFIDENCE.index(conf))
+        text = "" if current is None else current.comment
+        if self.comment.text() != text and not (self.comment.hasFocus() and r is not None and not r.locked):
+            self.comment.setText(text)
         if r is None:
             self.lock_button.setEnabled(False)
             self.status.setText("Open a CT to grade it.")
+            return
+        if r.paused:
+            self.lock_button.setEnabled(False)
+            self.status.setText("Paused: grading, locking and the AI are on hold.")
             return
         if not r.locked:
             self.setTitle("Your grades, before AI (0-4)")
@@ -153,6 +218,9 @@ class GradingPanel(QtWidgets.QGroupBox):
             when = (r.locked_at or "")[11:19]
             self.status.setText(f"Pre-AI grades locked at {when} UTC: right {r.pre.right}, left {r.pre.left}."
                                 + (f" Post-AI: right {r.post.right}, left {r.post.left}." if r.post else ""))
+        problem = self.error or r.last_error
+        if problem:
+            self.status.setText(self.status.text() + f"\n⚠ {problem}")
 
 
 class AIPanel(QtWidgets.QWidget):

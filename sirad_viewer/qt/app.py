@@ -172,6 +172,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._build_menus()
         self.state.layout_changed.connect(lambda *_: self._apply_layout())
         self.state.volume_changed.connect(lambda *_: self._show_series_info())
+        self.state.text_changed.connect(lambda *_: self._show_series_info())  # Ctrl+T blanks the Series dock too
         saved_layout = str(self.settings.get("layout", "sij"))
         self.state.set_layout(saved_layout if saved_layout in LAYOUTS and saved_layout != "joints" else "sij")
         self._apply_layout()
@@ -247,8 +248,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self.recent_menu = f.addMenu("Recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         f.addSeparator()
-        f.addAction("Export screenshot of the active view...", self.export_view_dialog)
-        f.addAction("Export screenshot of the layout...", QtGui.QKeySequence("Ctrl+Shift+S"), self.export_layout_dialog)
+        self.export_actions = [
+            f.addAction("Export screenshot of the active view...", self.export_view_dialog),
+            f.addAction("Export screenshot of the layout...", QtGui.QKeySequence("Ctrl+Shift+S"), self.export_layout_dialog)]
         f.addSeparator()
         f.addAction("Quit", QtGui.QKeySequence.StandardKey.Quit, self.close)
         v = mb.addMenu("&View")
@@ -264,6 +266,7 @@ class MainWindow(QtWidgets.QMainWindow):
         txt.setChecked(True)
         txt.setShortcut(QtGui.QKeySequence("Ctrl+T"))
         txt.toggled.connect(self.state.set_show_patient_text)
+        self.patient_text_action = txt
         v.addAction("Set sacral axis (drag along the sacrum on the sagittal view)", QtGui.QKeySequence("Ctrl+L"),
                     self.start_axis_mode)
         a = mb.addMenu("&AI")
@@ -271,12 +274,13 @@ class MainWindow(QtWidgets.QMainWindow):
         vis.setCheckable(True)
         vis.setChecked(self._ai_visible_at_once())
         vis.toggled.connect(self._set_ai_visible_at_once)
+        self.ai_visible_action = vis
         a.addAction("Run AI on this case", self.start_ai)
         a.addAction("Cancel AI", self.cancel_ai)
-        a.addAction("Case report...", self.report_dialog)
+        self.export_actions.append(a.addAction("Case report...", self.report_dialog))
         st = mb.addMenu("&Study")
-        st.addAction("Read a study (sign in)...", self.open_study_dialog)
-        st.addAction("Coordinator view...", self.coordinator_dialog)
+        self.study_action = st.addAction("Read a study (sign in)...", self.open_study_dialog)
+        self.coordinator_action = st.addAction("Coordinator view...", self.coordinator_dialog)
         h = mb.addMenu("&Help")
         h.addAction("About SIRAD Viewer", self.about)
 
@@ -374,7 +378,8 @@ class MainWindow(QtWidgets.QMainWindow):
         """Scan, pick a series (when several), load, then build the 3D surface; all off the GUI thread."""
         from sirad_viewer.io import scan
 
-        self.statusBar().showMessage(f"reading {path} ...")
+        self.statusBar().showMessage(f"reading case {self.study.case_id} ..." if self.study is not None
+                                     else f"reading {path} ...")
         self._busy(True)
         self._path = str(path)
         self._worker = workers.start(lambda progress, cancel: scan(path, progress=progress, cancel=cancel),
@@ -385,7 +390,7 @@ class MainWindow(QtWidgets.QMainWindow):
         from sirad_viewer.io import load_series
 
         idx = result.chosen if series is None else series
-        if series is None and len(result.series) > 1 and self.interactive:
+        if series is None and len(result.series) > 1 and self.interactive and self.study is None:
             dlg = SeriesPicker(result, self)
             if dlg.exec() != QtWidgets.QDialog.DialogCode.Accepted:
                 self._busy(False)
@@ -405,7 +410,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self._new_reading(self._path)
         self.state.set_volume(volume)
         self.volume = self.state.volume
-        self.settings.add_recent(self._path)
+        if self.study is None:  # a study case's path never goes into the recent list
+            self.settings.add_recent(self._path)
         self.statusBar().showMessage("loaded")
         self.volume_ready.emit(self.state.volume)
         if self.settings.get("ai_autorun", True) not in (False, "false"):
@@ -443,7 +449,13 @@ class MainWindow(QtWidgets.QMainWindow):
             return
         md = vol.metadata
         sp = vol.spacing
-        lines = [md.series_description or (Path(vol.sources[0]).name if vol.sources else ""),
+        if self.study is not None:  # blinded: the case id only, no description, file name, patient or study
+            title = f"case {self.study.case_id}"
+        elif not self.state.show_patient_text:
+            title = "(series text hidden: Ctrl+T)"
+        else:
+            title = md.series_description or (Path(vol.sources[0]).name if vol.sources else "")
+        lines = [title,
                  f"{md.modality or 'modality not stated'}  {vol.shape[0]} x {vol.shape[1]} x {vol.shape[2]}",
                  f"voxel {sp[0]:.2f} x {sp[1]:.2f} x {sp[2]:.2f} mm"]
         if getattr(self, "_scan_text", ""):
@@ -475,20 +487,27 @@ class MainWindow(QtWidgets.QMainWindow):
         return self.settings.get("ai_visible_at_once", False) in (True, "true")
 
     def _set_ai_visible_at_once(self, on: bool) -> None:
+        if self.study is not None:  # a study's arm decides; nothing set here may outlive the study
+            self.statusBar().showMessage("the study's arm decides when the AI is shown")
+            return
         self.settings.set("ai_visible_at_once", bool(on))
         self.statusBar().showMessage("applies from the next case opened")
 
     def _new_reading(self, path: str) -> None:
         from sirad_viewer.state.reading import default_log_path
 
-        log_path = None if self.study is not None else Path(self.settings.get("reads_log") or default_log_path())
-        from sirad_viewer.io.deid import source_reference  # the reads log names no path (#12)
-
-        self.reading = Reading(case=source_reference(Path(path).resolve()), reader=str(self.settings.get("reader", "reader")),
-                               ai_visible_at_once=self._ai_visible_at_once(), log_path=log_path)
-        self._shown_result = None
         if self.study is not None:
-            self.study.configure_reading(self.reading)  # the arm's AI policy, resumed grades
+            self.reading = self.study.new_reading()  # the core makes it: arm policy, resumed state, study log
+        else:
+            from sirad_viewer.io.deid import source_reference  # the reads log names no path (#12)
+
+            self.reading = Reading(case=source_reference(Path(path).resolve()), reader=str(self.settings.get("reader", "reader")),
+                                   ai_visible_at_once=self._ai_visible_at_once(),
+                                   log_path=Path(self.settings.get("reads_log") or default_log_path()))
+        self._shown_result = None
+        if self.reading is None:
+            self.ai_panel.bind(None)
+            return
         self.reading.changed.connect(self._on_reading_changed)
         self.ai_panel.bind(self.reading)
         if self.state.layout == "joints":
@@ -499,36 +518,97 @@ class MainWindow(QtWidgets.QMainWindow):
         if path:
             self.start_study(path)
 
-    def start_study(self, path: str, reader: str | None = None) -> bool:
-        """Sign in (unless ``reader`` is given) and start at the reader's first unfinished case."""
+    def start_study(self, path: str, reader: str | None = None, *, key: str | None = None,
+                    clock: Any = None, takeover: bool | None = None) -> bool:
+        """Sign in (unless ``reader`` is given) and start at the reader's first unfinished case.
+
+        An unknown reader id opens the sign-in dialog (it never quits the program); a reader signed
+        in elsewhere is refused unless the reader takes the session over. ``key`` (or
+        ``$SIRAD_STUDY_KEY``): the coordinator key, so that this workstation's events are signed.
+        """
         from sirad_viewer.qt.study import SignInDialog, StudyController
+        from sirad_viewer.study.integrity import CoordinatorKey
         from sirad_viewer.study.store import StudyStore
 
         try:
-            store = StudyStore(path)
+            key_path = key or os.environ.get("SIRAD_STUDY_KEY")
+            store = StudyStore(path, key=CoordinatorKey.load(key_path) if key_path else None)
+            message = ""
+            if reader is not None and reader not in [r.id for r in store.protocol.readers]:
+                message = f"There is no reader {reader!r} in this study; choose your reader id."
+                reader = None
+                if not self.interactive:
+                    self.statusBar().showMessage(message)
+                    return False
             if reader is None:
-                dlg = SignInDialog(store, self)
+                dlg = SignInDialog(store, self, message=message)
                 if dlg.exec() != QtWidgets.QDialog.DialogCode.Accepted:
                     return False
                 reader = dlg.reader()
             if self.study is not None:
-                self.study.close()
-            ctl = StudyController(self, store, reader, idle_s=float(self.settings.get("idle_s", 60)))
+                self.end_study()
+            kwargs = {"idle_s": float(self.settings.get("idle_s", 60))}
+            if clock is not None:
+                kwargs["clock"] = clock
+            try:
+                ctl = StudyController(self, store, reader, takeover=bool(takeover), **kwargs)
+            except SiradError as exc:
+                if exc.code != "reader_busy" or takeover is not None or not self.interactive:
+                    raise
+                answer = QtWidgets.QMessageBox.question(self, "Reader signed in elsewhere",
+                                                        exc.message + "\n\nTake over that session? It will stop "
+                                                        "recording.")
+                if answer != QtWidgets.QMessageBox.StandardButton.Yes:
+                    return False
+                ctl = StudyController(self, store, reader, takeover=True, **kwargs)
         except SiradError as exc:
+            self.statusBar().showMessage(exc.user_message())
             show_error(self, exc)
             return False
+        self._enter_study_mode(ctl)
         ctl.start()
         return True
 
-    def coordinator_dialog(self, path: str | None = None) -> None:
+    # --- study mode: blinding by role (reader sessions offer no coordinator view, no export) --------
+    def _enter_study_mode(self, ctl: Any) -> None:
+        self._text_before_study = self.state.show_patient_text
+        self.state.set_show_patient_text(False)
+        self.patient_text_action.setChecked(False)
+        for a in [self.patient_text_action, self.ai_visible_action, self.coordinator_action, *self.export_actions]:
+            a.setEnabled(False)
+        self.series_dock.hide()
+        self.info.clear()
+        ctl.finished.connect(self.end_study)
+
+    def end_study(self) -> None:
+        """Leave study mode: the clinical settings come back untouched by anything done in the study."""
+        if self.study is None:
+            return
+        self.study.close()
+        self.removeToolBar(self.study.bar)
+        self.study = None
+        for a in [self.patient_text_action, self.ai_visible_action, self.coordinator_action, *self.export_actions]:
+            a.setEnabled(True)
+        self.ai_visible_action.setChecked(self._ai_visible_at_once())
+        self.patient_text_action.setChecked(getattr(self, "_text_before_study", True))
+        self.series_dock.show()
+
+    def coordinator_dialog(self, path: str | None = None, key: str | None = None) -> None:
+        """The coordinator view: never from a reader's session, and only with the study's key."""
         from sirad_viewer.qt.study import CoordinatorDialog
+        from sirad_viewer.study.integrity import CoordinatorKey
         from sirad_viewer.study.store import StudyStore
 
+        if self.study is not None:
+            self.statusBar().showMessage("the coordinator view is not available in a reader's session")
+            return
         if path is None:
             path, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Open study", "", "Study (*.sqlite *.db);;All files (*)")
-        if path:
+        if path and key is None:
+            key, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Coordinator key", "", "Key (*.key);;All files (*)")
+        if path and key:
             try:
-                CoordinatorDialog(StudyStore(path), self).exec()
+                CoordinatorDialog(StudyStore(path), CoordinatorKey.load(key), self).exec()
             except SiradError as exc:
                 show_error(self, exc)
 
@@ -586,7 +666,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
         try:
             if not self.reading.locked:
-                self.reading.lock()
+                self.ai_panel.grading.request_lock()  # commits the comment field into the lock record
         except ReadingError as exc:
             self.statusBar().showMessage(exc.message)
             return
@@ -595,8 +675,6 @@ class MainWindow(QtWidgets.QMainWindow):
         r = self.reading
         if r is None:
             return
-        if r.locked and r.post is not None:
-            r.save_post()
         res = r.ai
         if res is not None and getattr(self, "_shown_result", None) is not res:
             self._shown_result = res
@@ -668,6 +746,9 @@ class MainWindow(QtWidgets.QMainWindow):
             self.ai_panel.side_by_side.setChecked(on)
 
     def report_dialog(self) -> None:
+        if self.study is not None:
+            self.statusBar().showMessage("no export in a reader's session")
+            return
         if self.reading is None or self.reading.ai is None:
             self.statusBar().showMessage("the case report needs the AI result: lock your grades first")
             return
@@ -679,8 +760,8 @@ class MainWindow(QtWidgets.QMainWindow):
     def write_report(self, path: str) -> Path | None:
         from sirad_viewer.viz.report import write_report
 
-        if self.reading is None or self.reading.ai is None:
-            return None
+        if self.reading is None or self.reading.ai is None or self.study is not None:
+            return None  # nothing before the reveal, and no export from a reader's session
         try:
             out = write_report(path, self.ai_volume, self.reading.ai, self.reading.summary(),
                                self._get_grader().bundle.metadata)
@@ -767,7 +848,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self._worker.cancel()
         self.cancel_ai()
         if self.study is not None:
-            self.study.close()
+            self.end_study()
         if self._ai_worker is not None:
             self._ai_worker.finished.wait(60)  # it stops at the next stage boundary
         for w in (self._worker,):
@@ -795,8 +876,8 @@ def run(path: str | None = None, *, series: int | None = None, screenshot: str |
     if coordinator:
         win.coordinator_dialog(coordinator)
     if study:
-        if not win.start_study(study, reader):
-            return 2
+        if not win.start_study(study, reader) and screenshot:
+            return 2  # without a screenshot the window stays open: an unknown reader never quits the program
         if screenshot:
             QtWidgets.QApplication.processEvents()
             deadline = QtCore.QDeadlineTimer(120_000)

@@ -1,45 +1,43 @@
-"""Reader-study mode in the viewer: sign-in, case k of n, arms, timing, pause, cannot-grade, coordinator.
+"""Reader-study mode in the viewer: sign-in, case k of n, pause, cannot-grade, coordinator view.
 
-The rules live in :class:`~sirad_viewer.study.session.ReaderSession` (Qt-free, tested on its own);
-this controller connects it to the reading window:
+The rules live in the core: the reader's case is a :class:`~sirad_viewer.state.reading.Reading`
+made by :func:`~sirad_viewer.state.study_reading.study_reading`, which writes every step through
+to the :class:`~sirad_viewer.study.session.ReaderSession` (arm policy, lock, reveal, revisions,
+pause, active time). This controller only shows the reader's progress and forwards input:
 
-* the reader signs in (a reader id of the protocol) and resumes at the first unfinished case;
-* each case opens in the viewer with the arm's AI policy: *unaided* shows no AI at all (it is not
-  even run), *sequential* reveals it after the lock, *aided* (crossover) shows it at once;
-* what the reader does in the grading panel is mirrored into the study's event log (grades, lock
-  with confidence, comment and active time, reveal with the AI output shown, revisions);
-* active reading time counts only while the reader is active: no input for ``idle_s`` seconds is
-  idle (logged), Pause stops the clock and hides the images;
-* no reference grade and no other reader's grade is ever given to the window.
+* sign-in takes the reader's lease (a second live session of the same reader is refused, or takes
+  over explicitly);
+* each case opens in the viewer; the window shows the case id only (no series description, file
+  name, patient or study text) and offers neither the coordinator view nor any export;
+* Pause covers the images (the layout does not change) and the Reading refuses input meanwhile.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from PyQt6 import QtCore, QtWidgets
 
+from sirad_viewer.state.reading import ActiveClock, Reading
+from sirad_viewer.state.study_reading import CONFIDENCE_SCORE, ai_summary, study_reading  # noqa: F401 (re-export)
 from sirad_viewer.study.session import ReaderSession
 from sirad_viewer.study.store import StudyStore
 
-CONFIDENCE_SCORE = {"low": 1, "medium": 2, "high": 3}
-
-
-def ai_summary(result: Any) -> dict[str, Any]:
-    """What the reader was shown, for the study's log and export."""
-    d = result.to_dict()
-    return {"model": d["model"],
-            "joints": {s: {"grade": j["grade"], "probabilities": j["probabilities"]} for s, j in d["joints"].items()},
-            "patient": d["patient"]}
+HEARTBEAT_TICKS = 30
 
 
 class SignInDialog(QtWidgets.QDialog):
-    def __init__(self, store: StudyStore, parent: QtWidgets.QWidget | None = None) -> None:
+    def __init__(self, store: StudyStore, parent: QtWidgets.QWidget | None = None, *, message: str = "") -> None:
         super().__init__(parent)
         p = store.protocol
         self.setWindowTitle(f"Sign in: {p.name}")
         lay = QtWidgets.QVBoxLayout(self)
+        if message:
+            warn = QtWidgets.QLabel(message)
+            warn.setWordWrap(True)
+            warn.setStyleSheet("color:#ffb86b;")
+            lay.addWidget(warn)
         lay.addWidget(QtWidgets.QLabel(f"Study <b>{p.name}</b> ({p.design} design). Who is reading?"))
         self.combo = QtWidgets.QComboBox()
         for r in p.readers:
@@ -55,32 +53,114 @@ class SignInDialog(QtWidgets.QDialog):
         return str(self.combo.currentData())
 
 
+class CannotGradeDialog(QtWidgets.QDialog):
+    """Asks why a case cannot be graded; OK stays disabled until a reason is typed."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Cannot grade")
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.addWidget(QtWidgets.QLabel("Why can this case not be graded? (required)"))
+        self.edit = QtWidgets.QLineEdit()
+        self.edit.setPlaceholderText("e.g. motion artefact, joints not in the field of view")
+        lay.addWidget(self.edit)
+        self.bb = QtWidgets.QDialogButtonBox(QtWidgets.QDialogButtonBox.StandardButton.Ok
+                                             | QtWidgets.QDialogButtonBox.StandardButton.Cancel)
+        self.ok = self.bb.button(QtWidgets.QDialogButtonBox.StandardButton.Ok)
+        self.ok.setEnabled(False)
+        self.edit.textChanged.connect(lambda t: self.ok.setEnabled(bool(t.strip())))
+        self.bb.accepted.connect(self.accept)
+        self.bb.rejected.connect(self.reject)
+        lay.addWidget(self.bb)
+
+    def accept(self) -> None:
+        if not self.reason():
+            self.edit.setFocus()
+            return  # an empty reason never closes the dialog
+        super().accept()
+
+    def reason(self) -> str:
+        return self.edit.text().strip()
+
+
+class PauseCover(QtWidgets.QLabel):
+    """An opaque cover over the image area while paused: nothing is resized, hidden or saved."""
+
+    def __init__(self, host: QtWidgets.QWidget) -> None:
+        super().__init__("Paused: press Resume to continue reading", host)
+        self.host = host
+        self.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.setAutoFillBackground(True)
+        self.setStyleSheet("background:#101214; color:#8a9099; font-size:18px;")
+        host.installEventFilter(self)
+        self.hide()
+
+    def eventFilter(self, obj: QtCore.QObject, e: QtCore.QEvent) -> bool:  # noqa: N802
+        if obj is self.host and e.type() == QtCore.QEvent.Type.Resize:
+            self.setGeometry(self.host.rect())
+        return False
+
+    def cover(self, on: bool) -> None:
+        self.setGeometry(self.host.rect())
+        self.setVisible(on)
+        if on:
+            self.raise_()
+
+
 class StudyController(QtCore.QObject):
     """Drives a :class:`MainWindow` through one reader's study list."""
 
     finished = QtCore.pyqtSignal()
 
-    def __init__(self, window: Any, store: StudyStore, reader: str, *, idle_s: float = 60.0) -> None:
+    def __init__(self, window: Any, store: StudyStore, reader: str, *, idle_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic, takeover: bool = False) -> None:
         super().__init__(window)
         self.win = window
         self.store = store
         self.session = ReaderSession(store, reader)
+        self.session.sign_in(takeover=takeover)  # refused while this reader is signed in elsewhere
         self.reader = reader
         self.idle_s = float(idle_s)
+        self.clock = clock
         self.item: dict[str, Any] | None = None
-        self.active_s = 0.0
-        self.paused = False
-        self.idle = False
-        self._last_input = time.monotonic()
-        self._sent: dict[str, Any] = {}
+        self.reading: Reading | None = None
+        self._ticks = 0
         self._build_bar()
+        self.cover = PauseCover(window.grid_host)
         window.study = self
         app = QtWidgets.QApplication.instance()
         app.installEventFilter(self)
         self.timer = QtCore.QTimer(self)
         self.timer.setInterval(1000)
-        self.timer.timeout.connect(self._tick)
+        self.timer.timeout.connect(self.tick)
         self.timer.start()
+
+    # --- what the window asks -------------------------------------------------------------------
+    @property
+    def case_id(self) -> str | None:
+        return None if self.item is None else self.item["case"]
+
+    @property
+    def paused(self) -> bool:
+        return self.reading is not None and self.reading.paused
+
+    @property
+    def idle(self) -> bool:
+        return self.reading is not None and self.reading.clock.idle
+
+    @property
+    def active_s(self) -> float:
+        return 0.0 if self.reading is None else self.reading.clock.active_s
+
+    def new_reading(self) -> Reading | None:
+        """The Reading for the case the window just loaded (made by the core, not configured here)."""
+        if self.item is None:
+            return None
+        self.reading = study_reading(self.session, self.item, clock=ActiveClock(now=self.clock, idle_s=self.idle_s))
+        self.reading.changed.connect(self._update_bar)
+        self.cover.cover(self.reading.paused)
+        self._update_bar()
+        return self.reading
 
     # --- UI -----------------------------------------------------------------------------------
     def _build_bar(self) -> None:
@@ -110,11 +190,14 @@ class StudyController(QtCore.QObject):
         k = next((i for i, it in enumerate(self.session.order) if it == self.item), 0) + 1
         arm = {"unaided": "without AI", "aided": "with AI", "sequential": "AI after your lock"}.get(self.item["arm"],
                                                                                                    self.item["arm"])
-        self.case_label.setText(f"{p.name}: reader {self.reader}: case {k} of {total} ({arm}; session "
-                                f"{self.item['session']})")
+        self.case_label.setText(f"{p.name}: reader {self.reader}: case {k} of {total}, {self.item['case']} ({arm}; "
+                                f"session {self.item['session']})")
         state = " (paused)" if self.paused else (" (idle)" if self.idle else "")
-        self.time_label.setText(f"reading time {int(self.active_s) // 60}:{int(self.active_s) % 60:02d}{state}")
+        a = self.active_s
+        self.time_label.setText(f"reading time {int(a) // 60}:{int(a) % 60:02d}{state}")
         self.pause_action.setText("Resume" if self.paused else "Pause")
+        for act in (self.cannot_action, self.next_action):
+            act.setEnabled(not self.paused)
 
     # --- cases ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -124,8 +207,7 @@ class StudyController(QtCore.QObject):
         from sirad_viewer.errors import SiradError
 
         self.item = self.session.current()
-        self._sent = {}
-        self.active_s = 0.0
+        self.reading = None
         if self.item is None:
             self._update_bar()
             self.win.statusBar().showMessage("all cases read: thank you")
@@ -136,7 +218,8 @@ class StudyController(QtCore.QObject):
             self.session.open(case)
         except SiradError as exc:
             self.win.statusBar().showMessage(exc.message)
-            QtWidgets.QMessageBox.information(self.win, "Study", exc.message)
+            if QtWidgets.QApplication.platformName() not in ("offscreen", "minimal"):
+                QtWidgets.QMessageBox.information(self.win, "Study", exc.message)
             self.item = None
             self._update_bar()
             return
@@ -147,73 +230,22 @@ class StudyController(QtCore.QObject):
         self._update_bar()
         self.win.open_path(str(path))
 
-    def configure_reading(self, reading: Any) -> None:
-        """Called by the window for each new reading: the arm's AI policy and any resumed state."""
-        if self.item is None:
-            return
-        arm = self.item["arm"]
-        reading.case = self.item["case"]
-        reading.reader = self.reader
-        reading.log_path = None  # the study's event log is the record
-        reading.ai_allowed = arm != "unaided"
-        reading.ai_visible_at_once = arm == "aided"
-        st = self.session.states()[(self.item["case"], self.item["session"])]
-        if st.pre or st.locked_at:
-            reading.restore(st.pre, st.locked_at, st.post)
-        self._sent = {"pre": dict(st.pre), "locked": st.locked_at is not None, "revealed": st.revealed_at is not None,
-                      "post": dict(st.post)}
-        self.active_s = st.active_s
-        reading.changed.connect(self.sync)
-
-    def sync(self) -> None:
-        """Mirror the grading panel into the study log (the session enforces the rules)."""
-        from sirad_viewer.errors import SiradError
-
-        r = self.win.reading
-        if r is None or self.item is None:
-            return
-        case = self.item["case"]
-        try:
-            if not self._sent.get("locked"):
-                for side in ("left", "right"):
-                    g = getattr(r.pre, side)
-                    if g is not None and self._sent.setdefault("pre", {}).get(side) != g:
-                        self.session.set_grade(case, side, g)
-                        self._sent["pre"][side] = g
-                if r.locked:
-                    self.session.lock(case, confidence=CONFIDENCE_SCORE.get(r.pre.confidence or ""), comment=r.pre.comment,
-                                      active_s=self.active_s)
-                    self._sent["locked"] = True
-                    self.active_s = 0.0
-            res = r.ai
-            if res is not None and not self._sent.get("revealed"):
-                self.session.reveal(case, ai_summary(res))
-                self._sent["revealed"] = True
-            if r.post is not None and self._sent.get("revealed"):
-                for side in ("left", "right"):
-                    g = getattr(r.post, side)
-                    if g is not None and g != self._sent.setdefault("post", {}).get(side, getattr(r.pre, side)):
-                        self.session.revise(case, side, g)
-                        self._sent["post"][side] = g
-        except SiradError as exc:
-            self.win.statusBar().showMessage(exc.message)
-
     def next_case(self) -> None:
         from sirad_viewer.errors import SiradError
 
-        if self.item is None:
+        if self.item is None or self.paused:
             return
         try:
-            self.session.close(self.item["case"], active_s=self.active_s)
+            self.session.close(self.item["case"], active_s=self.reading.clock.lap() if self.reading else 0.0)
         except SiradError as exc:
             self.win.statusBar().showMessage(exc.message)
             return
         self.open_current()
 
     def cannot_grade_dialog(self) -> None:
-        reason, ok = QtWidgets.QInputDialog.getText(self.win, "Cannot grade", "Why can this case not be graded?")
-        if ok:
-            self.cannot_grade(reason)
+        dlg = CannotGradeDialog(self.win)
+        if dlg.exec() == QtWidgets.QDialog.DialogCode.Accepted:
+            self.cannot_grade(dlg.reason())
 
     def cannot_grade(self, reason: str) -> None:
         from sirad_viewer.errors import SiradError
@@ -222,7 +254,7 @@ class StudyController(QtCore.QObject):
             return
         try:
             self.session.cannot_grade(self.item["case"], reason)
-            self.session.close(self.item["case"], active_s=self.active_s)
+            self.session.close(self.item["case"], active_s=self.reading.clock.lap() if self.reading else 0.0)
         except SiradError as exc:
             self.win.statusBar().showMessage(exc.message)
             return
@@ -230,10 +262,11 @@ class StudyController(QtCore.QObject):
 
     # --- time -----------------------------------------------------------------------------------
     def toggle_pause(self) -> None:
-        self.paused = not self.paused
-        if self.item is not None:
-            self.session.mark(self.item["case"], "paused" if self.paused else "resumed", active_s=round(self.active_s, 1))
-        self.win.grid_host.setVisible(not self.paused)  # a paused reading shows no images
+        r = self.reading
+        if r is None:
+            return
+        r.resume() if r.paused else r.pause()
+        self.cover.cover(r.paused)  # a paused reading shows no images; the layout is untouched
         self._update_bar()
 
     def eventFilter(self, obj: QtCore.QObject, e: QtCore.QEvent) -> bool:  # noqa: N802
@@ -243,48 +276,48 @@ class StudyController(QtCore.QObject):
         return False
 
     def activity(self) -> None:
-        self._last_input = time.monotonic()
-        if self.idle and self.item is not None:
-            self.idle = False
-            self.session.mark(self.item["case"], "resumed", active_s=round(self.active_s, 1))
+        if self.reading is not None:
+            self.reading.activity()
 
-    def _tick(self) -> None:
-        self.advance(1.0)
-
-    def advance(self, seconds: float) -> None:
-        """One clock step (the timer calls it every second; tests call it directly)."""
-        if self.item is None or self.paused:
-            self._update_bar()
-            return
-        if time.monotonic() - self._last_input > self.idle_s:
-            if not self.idle:
-                self.idle = True
-                self.session.mark(self.item["case"], "idle", active_s=round(self.active_s, 1), after_s=self.idle_s)
-        else:
-            self.active_s += seconds
+    def tick(self) -> None:
+        """Every second: idle detection (logged once per idle stretch), lease heartbeat, the bar."""
+        if self.reading is not None:
+            self.reading.poll_idle()
+        self._ticks += 1
+        if self._ticks % HEARTBEAT_TICKS == 0 and not self.session.heartbeat():
+            self.win.statusBar().showMessage(f"reader {self.reader} signed in elsewhere: this session is closed")
         self._update_bar()
 
     def close(self) -> None:
         self.timer.stop()
+        self.cover.cover(False)
         app = QtWidgets.QApplication.instance()
         if app is not None:
             app.removeEventFilter(self)
+        self.session.release()
 
 
 class CoordinatorDialog(QtWidgets.QDialog):
-    """Progress per reader, the event log's integrity, and export."""
+    """Progress per reader, the event log's integrity, and export. Needs the coordinator key."""
 
-    def __init__(self, store: StudyStore, parent: QtWidgets.QWidget | None = None) -> None:
+    def __init__(self, store: StudyStore, key: Any, parent: QtWidgets.QWidget | None = None) -> None:
+        from sirad_viewer.study.protocol import StudyError
+
+        if key is None or key.study_id != store.study_id:
+            raise StudyError("the coordinator view needs this study's coordinator key", path=store.path or store.url,
+                             code="no_key")
         super().__init__(parent)
         self.store = store
+        self.key = key
         p = store.protocol
         self.setWindowTitle(f"Coordinator: {p.name}")
         self.resize(640, 360)
         lay = QtWidgets.QVBoxLayout(self)
-        ok, msg = store.verify()
+        v = store.verify(key)
+        self.verified = v.ok
         self.integrity = QtWidgets.QLabel(f"{p.name} ({p.design}), protocol {p.hash[:16]}"
-                                          f"{' (frozen)' if store.frozen else ''}; event log: {msg}"
-                                          + ("" if ok else "  — TAMPERED"))
+                                          f"{' (frozen)' if store.frozen else ''}; event log: {v.message}"
+                                          + ("" if v.ok else "  — TAMPERED"))
         self.integrity.setWordWrap(True)
         lay.addWidget(self.integrity)
         self.table = QtWidgets.QTableWidget(len(p.readers), 4)
@@ -300,9 +333,10 @@ class CoordinatorDialog(QtWidgets.QDialog):
         self.table.resizeColumnsToContents()
         lay.addWidget(self.table)
         row = QtWidgets.QHBoxLayout()
-        exp = QtWidgets.QPushButton("Export (CSV/JSON)...")
-        exp.clicked.connect(self.export_dialog)
-        row.addWidget(exp)
+        self.export_button = QtWidgets.QPushButton("Export (CSV/JSON)...")
+        self.export_button.clicked.connect(self.export_dialog)
+        self.export_button.setEnabled(v.ok)
+        row.addWidget(self.export_button)
         row.addStretch(1)
         close = QtWidgets.QPushButton("Close")
         close.clicked.connect(self.accept)
@@ -316,5 +350,8 @@ class CoordinatorDialog(QtWidgets.QDialog):
 
     def export(self, path: str):
         from sirad_viewer.study.analysis import write_export
+        from sirad_viewer.study.protocol import StudyError
 
+        if not self.verified:
+            raise StudyError("not exported: the event log does not verify against the coordinator key", code="tampered")
         return write_export(self.store, path)

@@ -15,12 +15,15 @@ Cohen's kappa needs the list of categories to build the weights. Two behaviours 
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from enum import Enum
 from typing import Sequence
 
 import numpy as np
 from scipy import stats
+
+log = logging.getLogger(__name__)
 
 
 class KappaWeights(str, Enum):
@@ -56,10 +59,11 @@ class KappaResult:
     p: float
     n: int
     weights: str
+    reason: str = ""  # why kappa is NaN (empty or degenerate table), else ""
 
     def to_dict(self) -> dict:
         return {"kappa": self.kappa, "ase": self.ase, "ci": list(self.ci), "se0": self.se0, "z": self.z,
-                "p": self.p, "n": self.n, "weights": self.weights}
+                "p": self.p, "n": self.n, "weights": self.weights, "reason": self.reason}
 
 
 def weight_matrix(categories: Sequence[float], weights: KappaWeights | str) -> np.ndarray:
@@ -90,9 +94,19 @@ def contingency(a: Sequence, b: Sequence, categories: Sequence | None = None) ->
     return t, cats
 
 
+def _nan_kappa(n: int, weights: KappaWeights | str, reason: str) -> KappaResult:
+    nan = float("nan")
+    return KappaResult(nan, nan, (nan, nan), nan, nan, nan, int(n), KappaWeights(weights).value, reason)
+
+
 def kappa_from_table(table: np.ndarray, *, weights: KappaWeights | str = "unweighted",
                      scores: Sequence[float] | None = None, alpha: float = 0.05) -> KappaResult:
-    """Cohen's kappa from a k x k contingency table.
+    """Cohen's kappa from a k x k contingency table (computed by statsmodels).
+
+    statsmodels' ``cohens_kappa`` gives the same kappa, the same large-sample ASE (Fleiss, Cohen &
+    Everitt 1969, as SAS PROC FREQ) and the same standard error under H0 as the reference values in
+    ``shared/data/kappa``; this function only adds the category *scores* of a fixed scale and NaN
+    with a reason for empty or degenerate tables.
 
     Parameters
     ----------
@@ -102,35 +116,29 @@ def kappa_from_table(table: np.ndarray, *, weights: KappaWeights | str = "unweig
     scores : sequence of k float, optional
         Category scores for the weights (default 0, 1, ..., k-1).
     """
+    from statsmodels.stats.inter_rater import cohens_kappa
+
     t = np.asarray(table, dtype=float)
     n = t.sum()
+    w = KappaWeights(weights)
     if n == 0:
-        raise ValueError("empty table: no subject was rated by both raters")
+        return _nan_kappa(0, w, "no subject was rated by both raters")
     k = t.shape[0]
-    w = weight_matrix(np.arange(k) if scores is None else scores, weights)
+    wm = weight_matrix(np.arange(k) if scores is None else scores, w)
     p = t / n
-    pr, pc = p.sum(axis=1), p.sum(axis=0)
-    po = float((w * p).sum())
-    pe = float((w * np.outer(pr, pc)).sum())
-    if pe >= 1.0:
-        # every rating in one category: agreement is perfect but kappa is undefined
-        return KappaResult(float("nan"), float("nan"), (float("nan"), float("nan")), float("nan"),
-                           float("nan"), float("nan"), int(n), KappaWeights(weights).value)
-    kap = (po - pe) / (1 - pe)
-    wi = w @ pc  # w-bar_i. = sum_j p_.j w_ij
-    wj = pr @ w  # w-bar_.j = sum_i p_i. w_ij
-    # Fleiss, Cohen & Everitt (1969): large-sample variance (as SAS's ASE)
-    term = (w - (wi[:, None] + wj[None, :]) * (1 - kap)) ** 2
-    var = ((p * term).sum() - (kap - pe * (1 - kap)) ** 2) / (n * (1 - pe) ** 2)
-    ase = float(np.sqrt(max(var, 0.0)))
-    # variance under H0 (kappa = 0), for the z test
-    var0 = ((np.outer(pr, pc) * (w - (wi[:, None] + wj[None, :])) ** 2).sum() - pe ** 2) / (n * (1 - pe) ** 2)
-    se0 = float(np.sqrt(max(var0, 0.0)))
+    pe = float((wm * np.outer(p.sum(axis=1), p.sum(axis=0))).sum())
+    if k < 2 or pe >= 1.0 - 1e-12:
+        return _nan_kappa(n, w, "every rating is in one category: agreement is perfect but kappa is undefined")
+    # a full weight matrix (wt=None) so that fixed-scale scores are honoured exactly
+    # statsmodels takes disagreement weights (0 on the diagonal)
+    with np.errstate(invalid="ignore"):  # a variance of -1e-17 (perfect agreement) is 0, not NaN
+        res = cohens_kappa(t, weights=None if w is KappaWeights.UNWEIGHTED else 1.0 - wm, wt=None)
+    kap = float(res.kappa)
+    ase, se0 = (float(v) if np.isfinite(v) else 0.0 for v in (res.std_kappa, res.std_kappa0))
     z = kap / se0 if se0 > 0 else float("nan")
     pval = float(2 * stats.norm.sf(abs(z))) if se0 > 0 else float("nan")
     q = float(stats.norm.ppf(1 - alpha / 2))
-    return KappaResult(float(kap), ase, (float(kap - q * ase), float(kap + q * ase)), se0, float(z), pval, int(n),
-                       KappaWeights(weights).value)
+    return KappaResult(kap, ase, (kap - q * ase, kap + q * ase), se0, float(z), pval, int(n), w.value)
 
 
 def cohen_kappa(a: Sequence, b: Sequence, *, weights: KappaWeights | str = "unweighted",
@@ -178,15 +186,19 @@ def fleiss_kappa(ratings: np.ndarray | Sequence[Sequence], categories: Sequence 
 
 
 def fleiss_kappa_from_counts(counts: np.ndarray) -> float:
-    """Fleiss' kappa from an (n_subjects, n_categories) table of how many raters chose each category."""
+    """Fleiss' kappa (statsmodels) from an (n_subjects, n_categories) table of how many raters chose each
+    category; NaN (with a logged reason) when there is no subject or every rating is in one category."""
+    from statsmodels.stats.inter_rater import fleiss_kappa as _fleiss
+
     c = np.asarray(counts, dtype=float)
+    if c.ndim != 2 or c.shape[0] == 0:
+        log.info("Fleiss' kappa is NaN: no subject")
+        return float("nan")
     m = c.sum(axis=1)
     if not np.allclose(m, m[0]):
         raise ValueError("every subject must be rated by the same number of raters")
-    m0 = m[0]
-    n = c.shape[0]
-    pj = c.sum(axis=0) / (n * m0)
-    pi = (np.sum(c * c, axis=1) - m0) / (m0 * (m0 - 1))
-    pbar = pi.mean()
-    pe = float(np.sum(pj ** 2))
-    return float((pbar - pe) / (1 - pe))
+    pj = c.sum(axis=0) / c.sum()
+    if np.sum(pj ** 2) >= 1.0 - 1e-12:
+        log.info("Fleiss' kappa is NaN: every rating is in one category")
+        return float("nan")
+    return float(_fleiss(c, method="fleiss"))

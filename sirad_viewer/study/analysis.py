@@ -99,8 +99,13 @@ def analyse(store: StudyStore, out_dir: str | Path, *, n_boot: int = 2000, seed:
         arms_of_row = ("unaided (locked)", "aided (after reveal)") if r["arm"] == "sequential" else (r["arm"],)
         for a in arms_of_row:
             times.setdefault((r["reader"], a), {})[f"{r['case']}/{r['session']}"] = float(r["active_s"] or 0.0)
+    notes: list[str] = []
+    results["notes"] = notes
     for (reader, arm), rs in sorted(reads.items()):
         t = list(times.get((reader, arm), {}).values())
+        if not patient_diagnoses(rs):
+            notes.append(f"{reader}, {arm}: no patient has both joints graded, so patient-level accuracy, "
+                         "sensitivity and specificity are NaN")
         acc5 = bootstrap_ci(rs, accuracy, n_boot=n_boot, seed=seed)
         acc3 = bootstrap_ci(rs, lambda x: accuracy(x, cat3), n_boot=n_boot, seed=seed)
         accp = bootstrap_ci(rs, patient_accuracy, n_boot=n_boot, seed=seed)
@@ -154,6 +159,11 @@ def analyse(store: StudyStore, out_dir: str | Path, *, n_boot: int = 2000, seed:
             results["reveal"][reader] = reveal_changes(rs)
     # MRMC on detecting definite sacroiliitis (grade >= 2), grades as ordinal ratings
     results["mrmc"] = _mrmc(reads, arms)
+    if results["mrmc"] and results["mrmc"].get("rrrc", {}).get("reason"):
+        notes.append(f"MRMC: {results['mrmc']['rrrc']['reason']}")
+    for (reader, arm), rs in reads.items():
+        if arm == "aided (after reveal)" and not any(r.grade != r.pre_grade for r in rs if r.pre_grade is not None):
+            notes.append(f"{reader}: no grade was revised after the reveal")
     _figures(results, reads, out)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
     (out / "report.html").write_text(_report_html(results, p))
@@ -229,7 +239,7 @@ def _figures(results: dict[str, Any], reads: dict[tuple[str, str], list[JointRea
 
 def _fmt(v: Any) -> str:
     if isinstance(v, (tuple, list)) and len(v) == 3:
-        return f"{v[0]:.3f} ({v[1]:.3f}-{v[2]:.3f})"
+        return f"{_fmt(float(v[0]))} ({_fmt(float(v[1]))}-{_fmt(float(v[2]))})"
     if isinstance(v, float):
         return "—" if not np.isfinite(v) else f"{v:.3f}"
     return html.escape(str(v))
@@ -241,17 +251,33 @@ def _report_html(res: dict[str, Any], protocol: Any) -> str:
                   f"<td>{_fmt(r['kappa_vs_reference']['quadratic'])}</td><td>{_fmt(r['reading_time_s']['median'])}</td></tr>"
                   for r in res["per_reader_arm"])
     comp = "".join(f"<tr><td>{html.escape(c['reader'])}</td><td>{html.escape(c['from'])} → {html.escape(c['to'])}</td>"
-                   f"<td>{c['accuracy_difference']['difference']:+.3f} ({c['accuracy_difference']['ci'][0]:+.3f} to "
-                   f"{c['accuracy_difference']['ci'][1]:+.3f}), p={c['accuracy_difference']['p']:.3f}</td>"
-                   f"<td>p={c['mcnemar']['p']:.3f}</td></tr>" for c in res["comparisons"])
-    agree = "".join(f"<tr><td>{html.escape(arm)}</td><td>{html.escape(json.dumps({k: round(v['quadratic'], 3) for k, v in a['pairs'].items()}))}</td>"
-                    f"<td>{_fmt(a['fleiss_kappa']) if a['fleiss_kappa'] is not None else '—'}</td></tr>" for arm, a in res["agreement"].items())
+                   f"<td>{_fmt(c['accuracy_difference']['difference'])}</td><td>{_fmt(c['accuracy_difference']['ci'][0])} to "
+                   f"{_fmt(c['accuracy_difference']['ci'][1])}</td><td>{_fmt(c['accuracy_difference']['p'])}</td>"
+                   f"<td>{_fmt(c['mcnemar']['p'])}</td></tr>" for c in res["comparisons"])
+    agree = "".join(f"<tr><td>{html.escape(arm)}</td><td>{html.escape(pair)}</td><td>{_fmt(k['unweighted'])}</td>"
+                    f"<td>{_fmt(k['linear'])}</td><td>{_fmt(k['quadratic'])}</td><td>{a['n_joints']}</td>"
+                    f"<td>{_fmt(a['fleiss_kappa']) if a['fleiss_kappa'] is not None else '—'}</td></tr>"
+                    for arm, a in res["agreement"].items() for pair, k in (a["pairs"].items() or [("—", {
+                        "unweighted": float("nan"), "linear": float("nan"), "quadratic": float("nan")})]))
     rev = "".join(f"<tr><td>{html.escape(r)}</td><td>{v.get('changed', 0)}/{v.get('n', 0)}</td><td>{v.get('toward_ai', 0)}</td>"
                   f"<td>{v.get('followed_wrong_ai', 0)}/{v.get('wrong_ai_shown', 0)}</td></tr>" for r, v in res["reveal"].items())
     mr = res.get("mrmc") or {}
-    mrmc = (f"<p>OR MRMC (grade as rating for grade ≥ 2): F={mr['rrrc']['f']:.2f}, ddf={mr['rrrc']['ddf']:.1f}, "
-            f"p={mr['rrrc']['p']:.4f}; AUC means {html.escape(json.dumps({k: round(v, 3) for k, v in mr['auc_mean'].items()}))}</p>"
-            if mr.get("rrrc") else "<p>MRMC: not applicable (needs two arms and at least two readers).</p>")
+    if mr.get("rrrc"):
+        rr = mr["rrrc"]
+        auc_rows = "".join(f"<tr><td>{html.escape(t)}</td><td>{_fmt(v)}</td>"
+                           + "".join(f"<td>{_fmt(a)}</td>" for a in mr["auc"][t].values()) + "</tr>"
+                           for t, v in mr["auc_mean"].items())
+        readers = next(iter(mr["auc"].values())).keys() if mr["auc"] else []
+        mrmc = (f"<table><tr><th>arm</th><th>mean AUC</th>{''.join(f'<th>{html.escape(r)}</th>' for r in readers)}</tr>"
+                f"{auc_rows}</table><table><tr><th>test (random readers, random cases)</th><th>F</th><th>ddf</th>"
+                f"<th>p</th></tr><tr><td>OR MRMC, grade as rating for grade ≥ 2</td><td>{_fmt(rr['f'])}</td>"
+                f"<td>{_fmt(rr['ddf'])}</td><td>{_fmt(rr['p'])}</td></tr></table>"
+                + (f"<p>{html.escape(rr['reason'])}</p>" if rr.get("reason") else ""))
+    elif mr.get("skipped"):
+        mrmc = f"<p>MRMC: not computed ({html.escape(mr['skipped'])}).</p>"
+    else:
+        mrmc = "<p>MRMC: not applicable (needs two arms and at least two readers).</p>"
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in res.get("notes", []))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(res['study'])}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px}}
 table{{border-collapse:collapse;margin:1em 0}}</style></head><body>
@@ -260,8 +286,9 @@ table{{border-collapse:collapse;margin:1em 0}}</style></head><body>
 3-category grouping: {html.escape(res['grouping'])}. Confidence intervals: patient-level bootstrap (both joints resampled together).</p>
 <h2>Per reader and arm</h2><table><tr>{''.join(f'<th>{h}</th>' for h in head)}<th>quadratic κ vs reference</th><th>median active reading time (s per case)</th></tr>{trs}</table>
 <img src="accuracy.png"><img src="confusion.png" style="max-width:100%">
-<h2>Unaided vs aided</h2><table><tr><th>reader</th><th>arms</th><th>accuracy difference (paired bootstrap)</th><th>McNemar</th></tr>{comp}</table>
-<h2>Agreement between readers</h2><table><tr><th>arm</th><th>Cohen quadratic κ per pair</th><th>Fleiss κ</th></tr>{agree}</table>
+<h2>Unaided vs aided</h2><table><tr><th>reader</th><th>arms</th><th>accuracy difference</th><th>95% CI (paired patient bootstrap)</th><th>p</th><th>McNemar p</th></tr>{comp}</table>
+<h2>Agreement between readers</h2><table><tr><th>arm</th><th>pair</th><th>Cohen κ</th><th>linear κ</th><th>quadratic κ</th><th>joints</th><th>Fleiss κ</th></tr>{agree}</table>
 <h2>After the reveal</h2><table><tr><th>reader</th><th>changed</th><th>toward AI</th><th>followed a wrong AI</th></tr>{rev}</table>
 <h2>MRMC</h2>{mrmc}
+{f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
 </body></html>"""

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sirad_viewer.study.analysis import analyse, write_export
+from sirad_viewer.study.integrity import CoordinatorKey, new_study_id
 from sirad_viewer.study.protocol import Case, Protocol, Reader
 from sirad_viewer.study.session import JOINTS, ReaderSession
 from sirad_viewer.study.store import StudyStore
@@ -46,11 +47,15 @@ def run_demo(out: str | Path, *, n_cases: int = 8, seed: int = 7, matrix: int = 
                         grade_scheme="cat3", seed=seed, ai_assistance=True,
                         readers=[Reader("r1", "Simulated reader 1"), Reader("r2", "Simulated reader 2")], cases=cases)
     db = out / "study.sqlite"
-    if db.exists():
-        db.unlink()
-    store = StudyStore.create(db, protocol)
+    key_path = out / "coordinator.key"
+    for old in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), key_path, Path(f"{key_path}.anchor")):
+        if old.exists():
+            old.unlink()
+    key = CoordinatorKey.new(new_study_id()).write(key_path)
+    store = StudyStore.create(db, protocol, key=key)
     for reader, skill, trust in (("r1", 0.6, 0.6), ("r2", 0.5, 0.4)):
         s = ReaderSession(store, reader)
+        s.sign_in()
         while (item := s.current()) is not None:
             case = item["case"]
             ref = protocol.case(case).reference or {}
@@ -66,10 +71,12 @@ def run_demo(out: str | Path, *, n_cases: int = 8, seed: int = 7, matrix: int = 
                 if ai["joints"][j]["grade"] != pre and rng.random() < trust:
                     s.revise(case, j, ai["joints"][j]["grade"])
             s.close(case, active_s=float(rng.uniform(5, 30)))
+        s.release()
         progress(f"reader {reader}: {s.progress()[0]} cases read")
     export = write_export(store, out / "export.csv")
     results = analyse(store, out / "analysis", n_boot=500)
     store.close()
     progress(f"export: {export}")
+    progress(f"coordinator key: {key_path} (a demo keeps it beside the study; a real study keeps it elsewhere)")
     progress(f"report: {out / 'analysis' / 'report.html'}")
     return results

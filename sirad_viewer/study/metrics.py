@@ -86,6 +86,8 @@ def bootstrap_ci(reads: Sequence[JointRead], stat: Callable[[Sequence[JointRead]
         v = stat(sample)
         if np.isfinite(v):
             vals.append(v)
+    if not vals:  # e.g. patient accuracy when no patient has both joints graded: NaN, not IndexError
+        return est, float("nan"), float("nan")
     lo, hi = np.percentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return est, float(lo), float(hi)
 
@@ -96,6 +98,10 @@ def paired_bootstrap_difference(a: Sequence[JointRead], b: Sequence[JointRead],
     """stat(b) - stat(a) with a patient-level paired bootstrap CI and two-sided p."""
     ga, gb = _by_patient(a), _by_patient(b)
     pats = sorted(set(ga) & set(gb))
+    nan = float("nan")
+    if not pats:
+        return {"difference": nan, "ci": [nan, nan], "p": nan, "n_patients": 0,
+                "reason": "no patient was read in both arms"}
     diff = stat([r for p in pats for r in gb[p]]) - stat([r for p in pats for r in ga[p]])
     rng = np.random.default_rng(seed)
     vals = []
@@ -106,6 +112,9 @@ def paired_bootstrap_difference(a: Sequence[JointRead], b: Sequence[JointRead],
         if np.isfinite(va) and np.isfinite(vb):
             vals.append(vb - va)
     vals_arr = np.asarray(vals)
+    if not vals_arr.size:
+        return {"difference": float(diff), "ci": [nan, nan], "p": nan, "n_patients": len(pats),
+                "reason": "the statistic is undefined in every bootstrap sample"}
     lo, hi = np.percentile(vals_arr, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     p = float(min(1.0, 2 * min((vals_arr <= 0).mean(), (vals_arr >= 0).mean()))) if vals_arr.size else float("nan")
     return {"difference": float(diff), "ci": [float(lo), float(hi)], "p": p, "n_patients": len(pats)}

@@ -135,21 +135,26 @@ def or_analysis(ratings: np.ndarray, truth: np.ndarray, *, treatments: Sequence[
     pairs = [(i, j) for i in range(t) for j in range(i + 1, t)]
     tl = list(treatments) if treatments is not None else list(range(t))
 
+    def div(a: float, b: float) -> float:
+        # a zero denominator (e.g. no reader revised after the reveal: both treatments rate identically)
+        # makes the statistic undefined: NaN, with the reason recorded below, never ZeroDivisionError
+        return a / b if b != 0 else float("nan")
+
     # Random readers, random cases (Hillis ddf)
     den = ms_tr + r * max(cov2 - cov3, 0.0)
-    f = ms_t / den
-    ddf = den ** 2 / (ms_tr ** 2 / ((t - 1) * (r - 1)))
-    p = float(stats.f.sf(f, t - 1, ddf))
+    f = div(ms_t, den)
+    ddf = div(den ** 2, ms_tr ** 2 / ((t - 1) * (r - 1)))
+    p = float(stats.f.sf(f, t - 1, ddf)) if np.isfinite(f) and np.isfinite(ddf) else float("nan")
     se = float(np.sqrt(2.0 / r * den))
     tq = float(stats.t.ppf(1 - alpha / 2, ddf))
     rrrc = {"f": f, "ndf": t - 1, "ddf": ddf, "p": p, "diff": {}, "ci": {}, "se": {}, "p_diff": {}}
     # Fixed readers, random cases
     den_fr = var_e - cov1 + (r - 1) * max(cov2 - cov3, 0.0)
-    chi2 = (t - 1) * ms_t / den_fr
+    chi2 = div((t - 1) * ms_t, den_fr)
     frrc = {"chi2": chi2, "df": t - 1, "p": float(stats.chi2.sf(chi2, t - 1)), "diff": {}, "ci": {}, "se": {}, "p_diff": {}}
     se_fr = float(np.sqrt(2.0 / r * den_fr))
     # Random readers, fixed cases
-    f_fc = ms_t / ms_tr
+    f_fc = div(ms_t, ms_tr)
     rrfc = {"f": f_fc, "ndf": t - 1, "ddf": (t - 1) * (r - 1), "p": float(stats.f.sf(f_fc, t - 1, (t - 1) * (r - 1))),
             "diff": {}, "ci": {}, "se": {}, "p_diff": {}}
     se_fc = float(np.sqrt(2.0 / r * ms_tr))
@@ -181,6 +186,15 @@ def or_analysis(ratings: np.ndarray, truth: np.ndarray, *, treatments: Sequence[
         q = float(stats.t.ppf(1 - alpha / 2, df_i))
         single[str(tl[i])] = {"auc": float(mt[i]), "se": se_i, "df": df_i, "ci": [float(mt[i] - q * se_i), float(mt[i] + q * se_i)],
                               "cov2": cov2_i, "ms_r": ms_r_i}
+    reasons = []
+    if ms_tr == 0 and ms_t == 0:
+        reasons.append("every reader's AUC is the same in all treatments (e.g. no reader changed a rating): "
+                       "the F tests are undefined")
+    elif den == 0 or ms_tr == 0:
+        reasons.append("a variance component is zero: some test statistics are undefined")
+    for res in (rrrc, frrc, rrfc):
+        if reasons:
+            res["reason"] = reasons[0]
     return MRMCResult(treatments=tl, readers=list(readers) if readers is not None else list(range(r)), n_cases=c,
                       n_diseased=int((truth == 1).sum()), auc=auc, var_error=var_e, cov1=cov1, cov2=cov2, cov3=cov3,
                       ms_t=ms_t, ms_r=ms_r, ms_tr=ms_tr, rrrc=rrrc, frrc=frrc, rrfc=rrfc, single_treatment=single)

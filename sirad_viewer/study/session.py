@@ -13,6 +13,7 @@ exactly where the reader stopped. Rules enforced here (not only in the UI):
 from __future__ import annotations
 
 import datetime as _dt
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ class CaseState:
     cannot_grade: str | None = None
     active_s: float = 0.0
     ai: dict[str, Any] | None = None  # the AI output shown at the reveal (for the export)
+    paused: bool = False
 
     @property
     def done(self) -> bool:
@@ -52,19 +54,51 @@ def _parse(ts: str) -> _dt.datetime:
 
 
 class ReaderSession:
-    """One reader working through a study."""
+    """One reader working through a study.
 
-    def __init__(self, store: StudyStore, reader: str) -> None:
+    Reading the state needs nothing; the first write (or :meth:`sign_in`) takes the reader's
+    lease in the store, so a second live session of the same reader is refused (or takes over
+    explicitly, after which the first one can no longer write).
+    """
+
+    def __init__(self, store: StudyStore, reader: str, *, owner: str | None = None) -> None:
         self.store = store
         self.protocol = store.protocol
         self.protocol.reader(reader)  # raises for unknown readers
         self.reader = reader
+        self.owner = owner or uuid.uuid4().hex
+        self._signed_in = False
+        self._order_stored = False
         self._order = self._load_or_make_order()
+
+    # --- one live session per reader ---------------------------------------------------------------
+    def sign_in(self, *, takeover: bool = False) -> None:
+        """Take the reader's lease: refused (code ``reader_busy``) while another session is live."""
+        self.store.acquire_lease(self.reader, self.owner, takeover=takeover)
+        self._signed_in = True
+        self._store_order()
+        self.store.append(self.reader, "", "session_started", {"takeover": bool(takeover), "session": self.owner[:12]},
+                          lease=self.owner)
+
+    def heartbeat(self) -> bool:
+        return self.store.heartbeat(self.reader, self.owner) if self._signed_in else True
+
+    def release(self) -> None:
+        if self._signed_in:
+            self.store.release_lease(self.reader, self.owner)
+            self._signed_in = False
+
+    def _append(self, case: str, kind: str, payload: dict[str, Any]) -> None:
+        if not self._signed_in:
+            self.sign_in()
+        self._store_order()
+        self.store.append(self.reader, case, kind, payload, lease=self.owner)
 
     # --- order and arms --------------------------------------------------------------------------
     def _load_or_make_order(self) -> list[dict[str, Any]]:
         for e in self.store.events(reader=self.reader):
             if e.kind == "order":
+                self._order_stored = True
                 return e.payload["items"]
         p = self.protocol
         seed = np.random.SeedSequence([int(p.seed) & 0xFFFFFFFF, *[ord(ch) for ch in self.reader]])
@@ -79,8 +113,19 @@ class ReaderSession:
             first = [{"case": ids[i], "arm": "unaided" if i in half else "aided", "session": 1} for i in range(len(ids))]
             second = [{"case": d["case"], "arm": "aided" if d["arm"] == "unaided" else "unaided", "session": 2} for d in first]
             items = [first[i] for i in rng.permutation(len(first))] + [second[i] for i in rng.permutation(len(second))]
-        self.store.append(self.reader, "", "order", {"items": items, "seed": int(p.seed), "protocol_hash": p.hash})
         return items
+
+    def _store_order(self) -> None:
+        """Record the order with the reader's first action (reading the state writes nothing)."""
+        if self._order_stored:
+            return
+        if any(e.kind == "order" for e in self.store.events(reader=self.reader)):
+            self._order = self._load_or_make_order()
+        else:
+            p = self.protocol
+            self.store.append(self.reader, "", "order", {"items": self._order, "seed": int(p.seed),
+                                                         "protocol_hash": p.hash}, lease=self.owner)
+        self._order_stored = True
 
     @property
     def order(self) -> list[dict[str, Any]]:
@@ -98,9 +143,14 @@ class ReaderSession:
             if st is None:
                 continue
             if e.kind == "grade_set":
-                st.pre[e.payload["joint"]] = int(e.payload["grade"])
+                if st.locked_at is None:  # a grade_set after the lock never changes the locked grade
+                    st.pre[e.payload["joint"]] = int(e.payload["grade"])
             elif e.kind == "locked":
+                if st.locked_at is not None:
+                    continue  # the first lock record is the pre-AI grade
                 st.locked_at = e.ts
+                # the pre-AI grades are those in the lock record, not the last grade_set
+                st.pre = {j: int(g) for j, g in (e.payload.get("grades") or {}).items()}
                 st.confidence = e.payload.get("confidence")
                 st.comment = e.payload.get("comment", "")
                 st.active_s += float(e.payload.get("active_s", 0.0))
@@ -114,6 +164,10 @@ class ReaderSession:
                 st.active_s += float(e.payload.get("active_s", 0.0))
             elif e.kind == "cannot_grade":
                 st.cannot_grade = e.payload.get("reason", "")
+            elif e.kind == "paused":
+                st.paused = True
+            elif e.kind == "resumed" and e.payload.get("after") != "idle":
+                st.paused = False
         return out
 
     def progress(self) -> tuple[int, int]:
@@ -161,7 +215,7 @@ class ReaderSession:
         ok, why = self.session_available(st.session, now=now)
         if not ok:
             raise StudyError(why, code="washout")
-        self.store.append(self.reader, case, "opened", {"session": st.session, "arm": st.arm})
+        self._append(case, "opened", {"session": st.session, "arm": st.arm})
         return st
 
     def set_grade(self, case: str, joint: str, grade: int) -> None:
@@ -170,57 +224,71 @@ class ReaderSession:
         if int(grade) != grade or not 0 <= grade <= 4:
             raise StudyError(f"grade must be 0-4, not {grade!r}", code="bad_grade")
         st = self._state(case)
+        self._not_paused(st)
         if st.locked_at is not None:
             raise StudyError(f"case {case}: the grades were locked at {st.locked_at}; after the lock only a post-AI "
                              "revision can be stored", code="locked")
-        self.store.append(self.reader, case, "grade_set", {"session": st.session, "joint": joint, "grade": int(grade)})
+        self._append(case, "grade_set", {"session": st.session, "joint": joint, "grade": int(grade)})
 
-    def lock(self, case: str, *, confidence: int | None = None, comment: str = "", active_s: float = 0.0) -> None:
+    def lock(self, case: str, *, confidence: int | None = None, comment: str = "", active_s: float = 0.0,
+             grades: dict[str, int] | None = None) -> None:
+        """Write the lock record: the pre-AI grades, confidence, comment and active time (``grades``,
+        when given, must be the grades recorded so far: the record is what the reader saw)."""
         st = self._state(case)
+        self._not_paused(st)
         if st.locked_at is not None:
             raise StudyError(f"case {case} is already locked", code="locked")
         missing = [j for j in JOINTS if j not in st.pre]
         if missing:
             raise StudyError(f"case {case}: grade the {' and '.join(missing)} joint(s) before locking", code="incomplete")
-        self.store.append(self.reader, case, "locked", {"session": st.session, "grades": st.pre, "confidence": confidence,
+        if grades is not None and {j: int(g) for j, g in grades.items()} != st.pre:
+            raise StudyError(f"case {case}: the grades to lock {grades} differ from those recorded {st.pre}", code="mismatch")
+        self._append(case, "locked", {"session": st.session, "grades": st.pre, "confidence": confidence,
                                                        "comment": comment, "active_s": float(active_s)})
 
     def reveal(self, case: str, ai: dict[str, Any] | None) -> dict[str, Any]:
         """Show the AI output: in the sequential design only after the lock; in a crossover design
         only in the aided arm (where it is shown from the start)."""
         st = self._state(case)
+        self._not_paused(st)
         if st.arm not in ("sequential", "aided"):
             raise StudyError(f"case {case} is read without AI assistance in this arm", code="blinded")
         if st.arm == "sequential" and st.locked_at is None:
             raise StudyError(f"case {case}: lock the grades before the AI is revealed", code="not_locked")
-        self.store.append(self.reader, case, "revealed", {"session": st.session, "ai": ai or {}})
+        self._append(case, "revealed", {"session": st.session, "ai": ai or {}})
         return ai or {}
 
     def revise(self, case: str, joint: str, grade: int) -> None:
         if joint not in JOINTS or int(grade) != grade or not 0 <= grade <= 4:
             raise StudyError(f"a revision needs a joint (left/right) and a grade 0-4, got {joint!r}, {grade!r}", code="bad_grade")
         st = self._state(case)
+        self._not_paused(st)
         if st.revealed_at is None:
             raise StudyError(f"case {case}: a post-AI revision is only possible after the reveal", code="not_revealed")
-        self.store.append(self.reader, case, "revised", {"session": st.session, "joint": joint, "grade": int(grade)})
+        self._append(case, "revised", {"session": st.session, "joint": joint, "grade": int(grade)})
 
     def close(self, case: str, *, active_s: float = 0.0) -> None:
         st = self._state(case)
         if st.locked_at is None and st.cannot_grade is None:
             raise StudyError(f"case {case}: lock the grades (or mark it 'cannot grade') before moving on", code="incomplete")
-        self.store.append(self.reader, case, "closed", {"session": st.session, "active_s": float(active_s)})
+        self._append(case, "closed", {"session": st.session, "active_s": float(active_s)})
 
     def cannot_grade(self, case: str, reason: str) -> None:
         if not reason.strip():
             raise StudyError("'cannot grade' needs a reason", code="bad_grade")
         st = self._state(case)
-        self.store.append(self.reader, case, "cannot_grade", {"session": st.session, "reason": reason.strip()})
+        self._append(case, "cannot_grade", {"session": st.session, "reason": reason.strip()})
 
     def mark(self, case: str, kind: str, **payload: Any) -> None:
         """Record idle / resumed / paused with the UI's timing."""
         if kind not in ("idle", "resumed", "paused"):
             raise ValueError(kind)
-        self.store.append(self.reader, case, kind, payload)
+        st = self._state(case)
+        self._append(case, kind, {"session": st.session, **payload})
+
+    def _not_paused(self, st: CaseState) -> None:
+        if st.paused:
+            raise StudyError(f"case {st.case}: the reading is paused; resume it first", code="paused")
 
     # --- blinding --------------------------------------------------------------------------------
     def view(self, case: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ def test_ai_hidden_until_the_lock_and_pre_ai_grades_frozen(tmp_path):
         r.lock()
     r.save_post()
     events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
-    assert events[0] == "open" and "lock" in events and events[-1] == "post"
+    assert events[0] == "open" and "lock" in events and events[-1] == "revise"
     got = latest_reading(log, "case-1")
     assert got["pre_ai"]["left"] == 0 and got["pre_ai"]["confidence"] == "high" and got["post_ai"]["left"] == 3
 
@@ -57,5 +57,140 @@ def test_bad_grades_and_a_torn_log_line(tmp_path):
 
 def test_unwritable_log_is_a_clear_error(tmp_path):
     (tmp_path / "ro").write_text("a file, not a folder")
+    r = Reading("c", log_path=tmp_path / "ro" / "reads.jsonl")  # opening still works ...
+    assert r.last_error and "reading log cannot be written" in r.last_error
+    r.set_grade  # ... but nothing can be recorded
     with pytest.raises(ReadingError, match="reading log cannot be written"):
-        Reading("c", log_path=tmp_path / "ro" / "reads.jsonl")
+        r.set_grade("left", 1)
+
+
+# --- the one grade-first state machine: every rule -----------------------------------------------
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def graded(tmp_path=None, **kw) -> Reading:
+    r = Reading("case", log_path=None if tmp_path is None else tmp_path / "reads.jsonl", **kw)
+    r.set_grade("right", 2)
+    r.set_grade("left", 1)
+    return r
+
+
+@pytest.mark.parametrize("blocker", ["folder", "file-parent"])
+def test_lock_not_durably_written_refuses_the_reveal(tmp_path, blocker):
+    log = tmp_path / "reads.jsonl"
+    r = graded(tmp_path)
+    r.receive_ai({"secret": "AI grade 4"})
+    # the reads log becomes unwritable before the lock (disk full, a folder in its place)
+    log.unlink()
+    if blocker == "folder":
+        log.mkdir()
+    else:
+        log.write_text("")
+        r.log_path = r.sink.path = log / "reads.jsonl"  # a file where the folder should be
+    with pytest.raises(ReadingError) as ei:
+        r.lock()
+    assert ei.value.code == "not_durable" and "reads.jsonl" in ei.value.user_message()
+    assert not r.locked and r.ai is None and not r.ai_revealed  # the AI stays hidden
+    assert r.pre.right == 2  # the grades are still editable: nothing was locked
+    # once the log is writable again the lock is written and only then the AI shown
+    if blocker == "folder":
+        log.rmdir()
+    else:
+        r.log_path = r.sink.path = tmp_path / "reads2.jsonl"
+    r.lock()
+    assert r.locked and r.ai == {"secret": "AI grade 4"}
+    assert latest_reading(r.log_path, "case")["pre_ai"]["right"] == 2
+
+
+def test_reveal_record_not_written_keeps_the_ai_hidden():
+    class FailingReveal:
+        def write(self, event, reading, data):
+            if event == "reveal":
+                raise ReadingError("disk full", code="not_durable")
+
+    r = Reading("c", sink=FailingReveal())
+    r.set_grade("right", 0)
+    r.set_grade("left", 0)
+    r.receive_ai("result")
+    r.lock()
+    assert r.locked and r.ai is None and "disk full" in r.last_error
+
+
+def test_comment_typed_before_the_lock_belongs_to_the_lock_record(tmp_path):
+    r = graded(tmp_path)
+    r.receive_ai("ai")
+    r.lock(comment="erosions on the iliac side", confidence="medium")  # what the panel held at the lock
+    rec = latest_reading(tmp_path / "reads.jsonl", "case")
+    assert rec["pre_ai"]["comment"] == "erosions on the iliac side" and rec["pre_ai"]["confidence"] == "medium"
+    assert r.pre.comment == "erosions on the iliac side" and r.post is None
+    r.set_comment("erosions on the iliac side")  # the field's editingFinished after the lock: no post comment
+    assert r.post is None
+    r.set_comment("AI agrees")
+    assert r.post.comment == "AI agrees" and r.pre.comment == "erosions on the iliac side"
+
+
+def test_pause_blocks_grading_locking_and_the_reveal_and_stops_the_clock():
+    clk = FakeClock()
+    from sirad_viewer.state.reading import ActiveClock
+
+    r = Reading("c", clock=ActiveClock(now=clk, idle_s=60))
+    r.set_grade("right", 1)
+    clk.t += 10
+    r.pause()
+    clk.t += 500
+    for action in (lambda: r.set_grade("left", 1), r.lock, lambda: r.set_comment("x"), lambda: r.set_confidence("low")):
+        with pytest.raises(ReadingError) as ei:
+            action()
+        assert ei.value.code == "paused"
+    assert r.clock.active_s == pytest.approx(10)
+    r.resume()
+    r.set_grade("left", 1)
+    r.lock()
+    r.pause()
+    r.receive_ai("ai result")  # arrives while paused: not revealed
+    assert r.ai is None and not r.ai_revealed
+    r.resume()
+    assert r.ai == "ai result"
+
+
+def test_active_clock_counts_input_not_idle_time():
+    from sirad_viewer.state.reading import ActiveClock
+
+    clk = FakeClock()
+    c = ActiveClock(now=clk, idle_s=30)
+    clk.t += 20
+    assert c.active_s == pytest.approx(20) and not c.idle
+    clk.t += 100  # no input: only up to 30 s after the last input counts
+    assert c.idle and c.active_s == pytest.approx(30)
+    c.activity()
+    clk.t += 5
+    assert not c.idle and c.active_s == pytest.approx(35)
+    assert c.lap() == pytest.approx(35) and c.lap() == 0.0
+
+
+def test_repr_never_shows_the_hidden_ai_result():
+    r = graded()
+    r.receive_ai({"grades": "SECRET-AI-GRADE-4"})
+    assert "SECRET" not in repr(r) and "hidden" in repr(r)
+    assert "SECRET" not in str(vars(r).get("changed", ""))
+    r.lock()
+    assert "SECRET" not in repr(r) and "revealed" in repr(r)
+
+
+def test_no_revision_before_the_reveal_and_policy_is_fixed():
+    r = graded()
+    r.lock()  # the AI has not arrived yet
+    with pytest.raises(ReadingError) as ei:
+        r.set_grade("left", 4)
+    assert ei.value.code == "not_revealed" and r.pre.left == 1
+    unaided = Reading("c", ai_allowed=False)
+    unaided.receive_ai("x")
+    assert unaided.ai is None
+    with pytest.raises(AttributeError):
+        unaided.ai_visible_at_once = True  # the policy is decided when the reading is made, not mirrored later

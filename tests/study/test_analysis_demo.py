@@ -61,3 +61,27 @@ def test_add_cases_refused_after_grading(demo, tmp_path):
     p = subprocess.run([sys.executable, "-m", "sirad_viewer.cli", "study", "add-cases", str(demo / "study.sqlite"),
                         str(cases)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "frozen" in p.stderr
+
+
+def test_demo_writes_its_key_and_status_with_the_key_catches_tail_and_reader_deletion(demo, tmp_path):
+    import shutil
+    import sqlite3
+
+    assert (demo / "coordinator.key").exists()
+    cli = [sys.executable, "-m", "sirad_viewer.cli", "study", "status"]
+    p = subprocess.run(cli + [str(demo / "study.sqlite"), "--key", str(demo / "coordinator.key")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "signed with the coordinator key" in p.stdout, p.stdout + p.stderr
+    for attack, sql in (("tail", "DELETE FROM study_events WHERE seq > (SELECT max(seq) - 7 FROM study_events)"),
+                        ("reader", "DELETE FROM study_events WHERE reader = 'r2'")):
+        d = tmp_path / attack
+        d.mkdir()
+        for name in ("study.sqlite", "coordinator.key", "coordinator.key.anchor"):
+            shutil.copy(demo / name, d / name)
+        con = sqlite3.connect(d / "study.sqlite")
+        con.execute(sql)
+        con.commit()
+        con.close()
+        p = subprocess.run(cli + [str(d / "study.sqlite"), "--key", str(d / "coordinator.key")],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and "missing" in p.stderr + p.stdout, (attack, p.stdout, p.stderr)
