@@ -345,6 +345,77 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- pacs (query/retrieve/store; logic in sirad_viewer.io.pacs) ------------------------------
+
+def _pacs_node(args: argparse.Namespace):
+    import os
+
+    from sirad_viewer.io.pacs import parse_node
+
+    return parse_node(args.node, calling_aet=args.calling_aet, move_port=args.move_port or 0, timeout_s=args.timeout,
+                      username=os.environ.get("SIRAD_PACS_USER", ""), password=os.environ.get("SIRAD_PACS_PASSWORD", ""),
+                      token=os.environ.get("SIRAD_PACS_TOKEN", ""))
+
+
+def cmd_pacs(args: argparse.Namespace) -> int:
+    from sirad_viewer.io import pacs
+
+    node = _pacs_node(args)
+    if args.pacs_command == "echo":
+        print(f"{node}: answered in {pacs.echo(node) * 1000:.0f} ms")
+    elif args.pacs_command == "find":
+        q = pacs.Query(patient_id=args.patient_id or "", name=args.name or "", study_date=args.study_date or "",
+                       modality=args.modality or "", accession=args.accession or "")
+        studies = pacs.find(node, q)
+        if args.json:
+            _print_json([s.to_dict() for s in studies])
+            return 0
+        for s in studies:
+            print(f"{s.study_uid}  {s.patient_id}  {s.patient_name}  {s.study_date}  {s.accession}  {s.description}  "
+                  f"{'/'.join(s.modalities)}")
+            for se in s.series:
+                th = f"{se.slice_thickness_mm:g} mm" if se.slice_thickness_mm else "? mm"
+                print(f"    {se.series_uid}  {se.modality}  {se.n_images} images  {th}  {se.description}")
+        print(f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'}")
+    elif args.pacs_command == "get":
+        res = pacs.retrieve(node, args.study, args.out, series_uids=args.series or None,
+                            method="move" if args.move_port else "get",
+                            progress=(lambda f, m: print(f"  {m}", file=sys.stderr)) if args.verbose else None)
+        print(f"retrieved {len(res.files)} of {res.expected} files into {res.folder}")
+    elif args.pacs_command == "store":
+        print(f"stored {pacs.store(node, args.paths)} file(s) on {node}")
+    return 0
+
+
+def _add_pacs_parser(sub) -> None:
+    pc = sub.add_parser("pacs", help="PACS: echo, find, get, store (DICOMweb URL or AET@host:port)",
+                        description="Talk to a PACS. NODE is a DICOMweb base URL (http[s]://host:port/dicom-web) or "
+                                    "AET@host:port (DIMSE). Credentials come from $SIRAD_PACS_USER/$SIRAD_PACS_PASSWORD "
+                                    "or $SIRAD_PACS_TOKEN and are never printed or logged.")
+    ps = pc.add_subparsers(dest="pacs_command", metavar="PACS_COMMAND", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("node")
+    common.add_argument("--calling-aet", default="SIRAD", help="our AE title (default SIRAD)")
+    common.add_argument("--timeout", type=float, default=10.0, help="network timeout in seconds (default 10)")
+    common.add_argument("--move-port", type=int, help="retrieve by C-MOVE to our storage SCP on this port "
+                                                       "(the PACS must know our AE title); default C-GET")
+    ps.add_parser("echo", parents=[common], help="C-ECHO (or a one-result QIDO-RS)")
+    f = ps.add_parser("find", parents=[common], help="find studies and their series")
+    f.add_argument("--patient-id")
+    f.add_argument("--name", help="patient name, * wildcards allowed")
+    f.add_argument("--study-date", help="YYYYMMDD or YYYYMMDD-YYYYMMDD")
+    f.add_argument("--modality")
+    f.add_argument("--accession")
+    f.add_argument("--json", action="store_true", help="a JSON list of studies with their series")
+    g = ps.add_parser("get", parents=[common], help="retrieve a study or series (complete, or nothing)")
+    g.add_argument("--study", required=True)
+    g.add_argument("--series", action="append", help="a series UID (repeatable); default: the whole study")
+    g.add_argument("--out", required=True)
+    s = ps.add_parser("store", parents=[common], help="C-STORE or STOW-RS files or folders")
+    s.add_argument("paths", nargs="+")
+    pc.set_defaults(func=cmd_pacs)
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -489,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out")
     c.add_argument("--cases", type=int, default=8)
     c.set_defaults(func=cmd_study_demo)
+    _add_pacs_parser(sub)
     return p
 
 
