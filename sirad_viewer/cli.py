@@ -267,7 +267,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
         volume = load_series(result.series[result.chosen])
         grader = Grader(find_bundle("grading", args.bundle), find_bundle("segmentation", args.segmenter),
                         device=args.device)
-        res = grader(volume, heatmaps=bool(args.heatmaps),
+        res = grader(volume, heatmaps=bool(args.heatmaps or args.dicom),
                      progress=(lambda s, f: print(f"  {s}...", file=sys.stderr)) if args.verbose else None)
     except SiradError as exc:
         if args.json:
@@ -278,6 +278,8 @@ def cmd_grade(args: argparse.Namespace) -> int:
     if args.heatmaps:
         paths = write_heatmaps(res, volume, args.heatmaps)
         d["heatmaps"] = {p.stem.split("_")[-1].split(".")[0]: str(p) for p in paths}
+    if args.dicom:
+        d["dicom"] = _write_dicom_results(res, volume, args.dicom)
     if args.json:
         if args.json == "-":
             _print_json(d)
@@ -287,6 +289,17 @@ def cmd_grade(args: argparse.Namespace) -> int:
     if args.json != "-":
         print(_grade_text(d))
     return 0
+
+
+def _write_dicom_results(res: Any, volume: Any, out: str) -> dict[str, str]:
+    from sirad_viewer.io.dicom_results import write_ai_objects
+    from sirad_viewer.viz.report import key_images
+
+    imgs = key_images(volume, res)
+    files = write_ai_objects(res, volume, out, key_pixel_mm=0.6,
+                             key_images={s: imgs[f"{s}_heatmap"] for s in ("right", "left") if f"{s}_heatmap" in imgs})
+    print(f"DICOM results in {out}: " + ", ".join(sorted(files)), file=sys.stderr)
+    return {k: str(v) for k, v in files.items()}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -335,11 +348,24 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     result = scan(args.path)
     volume = load_series(result.series[result.chosen])
-    grader = Grader(find_bundle("grading", args.bundle), device=args.device)
-    res = grader(volume, heatmaps=True)
     reading = latest_reading(args.reads or default_log_path(), str(Path(args.path).resolve()))
     if args.right is not None or args.left is not None:
         reading = {"case": str(args.path), "pre_ai": {"right": args.right, "left": args.left, "at": None}, "post_ai": None}
+    if args.dicom:
+        from sirad_viewer.io.dicom_results import write_reader_report
+
+        if not reading:
+            raise SiradError("no locked reader grades for this case (reads log, or --right/--left)", path=args.path)
+        reading = dict(reading)
+        if args.reader != "reader" or not reading.get("reader"):
+            reading["reader"] = args.reader
+        print(f"reader's SR written to {write_reader_report(reading, volume, args.dicom)}")
+        if not args.out:
+            return 0
+    if not args.out:
+        raise SiradError("give --out FILE.html/.pdf and/or --dicom DIR")
+    grader = Grader(find_bundle("grading", args.bundle), device=args.device)
+    res = grader(volume, heatmaps=True)
     out = write_report(args.out, volume, res, reading, grader.bundle.metadata)
     print(f"report written to {out}" + ("" if reading else " (no reader grades found for this case)"))
     return 0
@@ -474,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("path", help="CT: file, DICOM folder or .zip")
     g.add_argument("--json", metavar="OUT", help="write the JSON result to OUT ('-' for standard output)")
     g.add_argument("--heatmaps", metavar="DIR", help="write one Grad-CAM NIfTI per joint on the CT grid")
+    g.add_argument("--dicom", metavar="DIR", help="write the result as DICOM into DIR: SR (TID 1500), SEG, parametric "
+                                                   "maps, key images (a NIfTI source is first written as a CT series)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     g.add_argument("--bundle", help="grading bundle folder (default: the installed one)")
     g.add_argument("--segmenter", help="segmentation bundle folder (default: the installed one)")
@@ -522,7 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "each joint with and without the heatmap, the reader's grades before and after the "
                                    "AI (from the reads log, or --right/--left), AI grades and probabilities.")
     r.add_argument("path")
-    r.add_argument("--out", required=True, help="FILE.html or FILE.pdf")
+    r.add_argument("--out", help="FILE.html or FILE.pdf")
+    r.add_argument("--dicom", metavar="DIR", help="write the reader's grades as a DICOM SR (person observer) into DIR")
+    r.add_argument("--reader", default="reader", help="reader id for --dicom (default: the reads log's)")
     r.add_argument("--right", type=int, choices=range(5), metavar="0-4", help="reader's pre-AI grade, right joint")
     r.add_argument("--left", type=int, choices=range(5), metavar="0-4", help="reader's pre-AI grade, left joint")
     r.add_argument("--reads", help="reads log (default: the viewer's, $SIRAD_READS)")
