@@ -19,12 +19,13 @@ APT_PACKAGES := xvfb xauth libgl1-mesa-dri libegl1 libgl1 libxkbcommon-x11-0 lib
                 libxcb-xinerama0 libxcb-randr0 libxcb-xkb1 libfontconfig1 libdbus-1-3 postgresql \
                 orthanc orthanc-dicomweb dicom3tools
 
-.PHONY: run test bench system venv clean help
+.PHONY: run test bench system venv clean help pacs
 
 help:
 	@echo "make run    open the viewer on the demo case (headless: screenshots + series report into $(OUT))"
 	@echo "make test   run the whole test suite"
 	@echo "make bench  run the benchmarks (writes benchmarks/results.json)"
+	@echo "make pacs   start a local Orthanc PACS with the demo CT and phantoms (Ctrl-C stops it)"
 
 # Install missing system packages when running as root with apt-get; otherwise only report.
 system:
@@ -76,6 +77,9 @@ run: system venv
 
 test: system venv
 	$(PY) -m pytest -q
+
+pacs: system venv
+	$(PY) tools/pacs_demo.py
 
 bench: system venv
 	$(HEADLESS) $(PY) benchmarks/run.py

@@ -100,9 +100,14 @@ class LocalOrthanc:
             "DicomAet": self.aet,
             "DicomPort": self.dicom_port,
             "DicomCheckCalledAet": True,
-            "DicomCheckModalityHost": False,
-            "DicomAlwaysAllowEcho": True,
-            "DicomAlwaysAllowStore": True,
+            # Orthanc 1.10 cannot bind its DICOM port to 127.0.0.1 alone (HTTP refuses remote clients
+            # through RemoteAccessAllowed): only the configured modalities, from 127.0.0.1, are served.
+            "DicomCheckModalityHost": True,
+            "DicomAlwaysAllowEcho": False,
+            "DicomAlwaysAllowStore": False,
+            "DicomAlwaysAllowFind": False,
+            "DicomAlwaysAllowGet": False,
+            "DicomAlwaysAllowMove": False,
             "DicomModalities": mods,
             "DicomScuTimeout": 5,
             "DicomAssociationCloseDelay": 0,
