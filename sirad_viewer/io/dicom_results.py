@@ -55,6 +55,7 @@ PRIVATE_CODES: dict[str, str] = {
     "SRD0082": "Aided, after the AI reveal",
     "SRD0009": "Time graded",
     "SRD0010": "Gradient-weighted class activation (Grad-CAM)",
+    "SRD0011": "Sacral axis (superior point, inferior point)",
 }
 
 
@@ -245,6 +246,12 @@ def ai_structured_report(result: Any, srcs: list, *, series_number: int = 901):
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(
             _code("SRD0006"), codes.SCT.Positive if positive else codes.SCT.Negative)],
         measurements=[hd.sr.Measurement(_code("SRD0007"), float(result.patient_probability), codes.UCUM.NoUnits)]))
+    axis = getattr(getattr(result, "localisation", None), "sacral_axis", None)
+    if axis is not None:
+        groups[-1][0].ContentSequence.append(hd.sr.Scoord3DContentItem(
+            name=_code("SRD0011"), graphic_type=hd.sr.GraphicTypeValues3D.POLYLINE,
+            graphic_data=np.asarray(axis, float).reshape(2, 3), frame_of_reference_uid=for_uid,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=groups)
@@ -528,7 +535,10 @@ def read_ai_report(ds: Any) -> dict[str, Any] | None:
             if ident == "patient":
                 for i in sub:
                     cv = i.ConceptNameCodeSequence[0].CodeValue
-                    if cv == "SRD0006":
+                    if cv == "SRD0011":
+                        pts = np.asarray(i.GraphicData, float).reshape(2, 3)
+                        res["sacral_axis_lps_mm"] = [pts[0].tolist(), pts[1].tolist()]
+                    elif cv == "SRD0006":
                         res["patient"]["as_positive"] = i.ConceptCodeSequence[0].CodeValue == "10828004"
                     elif cv == "SRD0007":
                         res["patient"]["probability"] = float(i.MeasuredValueSequence[0].NumericValue)
@@ -547,12 +557,115 @@ def read_ai_report(ds: Any) -> dict[str, Any] | None:
                     j["ood"] = i.ConceptCodeSequence[0].CodeValue == "373066001"
                 elif cv.startswith("SRDP") and not cv.startswith("SRDPC"):
                     j["probabilities"][int(cv[4:])] = float(i.MeasuredValueSequence[0].NumericValue)
+                elif cv.startswith("SRDPC"):
+                    lab = cv[5:]
+                    a, _, b = lab.partition("-")
+                    j.setdefault("groups", []).append(list(range(int(a), int(b or a) + 1)))
+                elif i.ValueType == "SCOORD3D" and i.GraphicType == "ELLIPSOID":
+                    pts = np.asarray(i.GraphicData, float).reshape(6, 3)
+                    ends = pts.reshape(3, 2, 3)
+                    vec = ends[:, 1] - ends[:, 0]
+                    size = np.linalg.norm(vec, axis=1)
+                    j["box"] = {"center_lps_mm": pts.mean(axis=0).tolist(),
+                                "axes_lps": (vec / size[:, None]).tolist(), "size_mm": size.tolist()}
             res["joints"][side] = j
     if observer_person or set(res["joints"]) != set(SIDES):
         return None
     return res
 
 
-__all__ = ["PRIVATE_CODES", "SCHEME", "OVERLAY_TEXT", "source_datasets", "ai_structured_report",
+def _grid_map(hd_affine: np.ndarray, ct_affine: np.ndarray, *, what: str) -> np.ndarray:
+    """CT index -> object index as an integer matrix (the object must lie on the CT's grid)."""
+    t = np.linalg.inv(hd_affine) @ np.asarray(ct_affine, float)
+    if not np.allclose(t, np.rint(t), atol=1e-3):
+        raise ExportError(f"the stored {what} is not on the CT's voxel grid; it cannot be shown on this series")
+    return np.rint(t).astype(int)
+
+
+def _onto_ct(hd_vol: Any, ct_affine: np.ndarray, ct_shape: tuple, *, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The part of a highdicom volume that covers the CT, as (block, offset) in CT index space."""
+    arr = np.asarray(hd_vol.array)
+    if arr.ndim == 4:
+        arr = arr[..., 0]
+    inv = _grid_map(np.asarray(ct_affine, float), hd_vol.affine, what=what)  # object index -> CT index
+    corners = np.array([[i, j, k, 1] for i in (0, arr.shape[0] - 1) for j in (0, arr.shape[1] - 1)
+                        for k in (0, arr.shape[2] - 1)]).T
+    ct = (inv @ corners)[:3]
+    lo = np.clip(ct.min(axis=1), 0, np.asarray(ct_shape) - 1)
+    hi = np.clip(ct.max(axis=1) + 1, 1, np.asarray(ct_shape))
+    t = _grid_map(hd_vol.affine, ct_affine, what=what)  # CT index -> object index
+    idx = np.indices(tuple(int(h - l) for l, h in zip(lo, hi))).reshape(3, -1) + lo[:, None]
+    j = t[:3, :3] @ idx + t[:3, 3:4]
+    ok = np.all((j >= 0) & (j < np.array(arr.shape)[:, None]), axis=0)
+    block = np.zeros(idx.shape[1], arr.dtype)
+    block[ok] = arr[j[0, ok], j[1, ok], j[2, ok]]
+    return block.reshape(tuple(int(h - l) for l, h in zip(lo, hi))), lo.astype(int)
+
+
+def load_stored_results(paths: Sequence[str | Path], volume: Any) -> dict[str, Any] | None:
+    """The newest stored AI result (SR) for ``volume``'s series among ``paths``, with its bone
+    segmentation (SEG) and heatmaps (parametric maps) put on the CT grid; None when there is none.
+
+    Returns the :func:`read_ai_report` dict plus ``labels`` (ndarray of shape (S, R, C) or None)
+    and ``heatmaps`` ({side: {"block", "offset", "target_grade"}}).
+    """
+    import highdicom as hd
+    import pydicom
+
+    series_uid = str(getattr(volume.metadata, "series_instance_uid", "") or "")
+    if not series_uid:
+        return None
+    reports, segs, pms = [], [], []
+    for p in paths:
+        if not _is_dicom(p):
+            continue
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - not ours to read: skip it like the loader does
+            continue
+        refs = {str(s.SeriesInstanceUID) for e in ds.get("CurrentRequestedProcedureEvidenceSequence", [])
+                for s in e.ReferencedSeriesSequence}
+        refs |= {str(s.SeriesInstanceUID) for s in ds.get("ReferencedSeriesSequence", [])}
+        if series_uid not in refs:
+            continue
+        cls = str(ds.SOPClassUID)
+        if cls == "1.2.840.10008.5.1.4.1.1.88.34":
+            rep = read_ai_report(pydicom.dcmread(p))
+            if rep is not None:
+                reports.append(rep)
+        elif cls == "1.2.840.10008.5.1.4.1.1.66.4":
+            segs.append(p)
+        elif cls == "1.2.840.10008.5.1.4.1.1.30":
+            pms.append(p)
+    if not reports:
+        return None
+    rep = max(reports, key=lambda r: r["content_datetime"])
+    rep["labels"] = None
+    if segs:
+        seg = hd.seg.segread(sorted(segs)[-1])
+        ids = {d.SegmentNumber: next((k for k, v in BONE_SEGMENTS.items() if v[0] == d.SegmentLabel), 0)
+               for d in seg.SegmentSequence}
+        labels = np.zeros(tuple(volume.shape), np.uint8)
+        for n, k in ids.items():
+            if k:
+                block, off = _onto_ct(seg.get_volume(segment_numbers=[n], combine_segments=True), volume.affine,
+                                      tuple(volume.shape), what="segmentation")
+                sl = tuple(slice(off[i], off[i] + block.shape[i]) for i in range(3))
+                labels[sl][block > 0] = k
+        rep["labels"] = labels
+    rep["heatmaps"] = {}
+    for p in pms:
+        pm = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(p))
+        side = {"R": "right", "L": "left"}.get(str(pm.get("Laterality", "")))
+        if side is None:
+            continue
+        block, off = _onto_ct(pm.get_volume(), volume.affine, tuple(volume.shape), what="heatmap")
+        expl = str(pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0].LUTExplanation)
+        grade = int(expl.split("grade ")[1].split(",")[0]) if "grade " in expl else rep["joints"][side]["grade"]
+        rep["heatmaps"][side] = {"block": block.astype(np.float32), "offset": off, "target_grade": grade}
+    return rep
+
+
+__all__ = ["PRIVATE_CODES", "load_stored_results", "SCHEME", "OVERLAY_TEXT", "source_datasets", "ai_structured_report",
            "reader_structured_report", "bone_segmentation", "heatmap_parametric_map", "key_image", "burn_in_label",
            "write_ai_objects", "write_reader_report", "read_ai_report"]

@@ -180,3 +180,55 @@ def test_cli_find_json_and_get(orthanc, pacs_studies, tmp_path):
     assert len(list((tmp_path / "got").glob("*.dcm"))) == 4
     r = run("echo", f"NOPE@127.0.0.1:{orthanc.dicom_port}")
     assert r.returncode == 2 and "refused" in r.stderr and "NOPE@127.0.0.1" in r.stderr
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_round_trip_results_stored_and_shown_without_the_model(orthanc_server, tmp_path, proto, monkeypatch):
+    """Retrieve a CT, write the AI objects, store them back, retrieve the study again: the stored
+    result comes back (grades, probabilities, boxes, heatmaps, bone labels) without running the
+    model, and stays hidden until the reader locks."""
+    import numpy as np
+
+    from sirad_viewer.ai import pipeline
+    from sirad_viewer.io import load_series, scan
+    from sirad_viewer.io.dicom_results import write_ai_objects
+    from sirad_viewer.state.reading import Reading
+    from sirad_viewer.state.stored_result import stored_grade_result
+    from tests.io.test_dicom_results import _ct_volume, _result
+
+    orthanc_server.clear()
+    node = nodes(orthanc_server)[proto]
+    src = _ct_volume(tmp_path, dicom=True)
+    assert pacs.store(node, [tmp_path / "src"]) == src.shape[0]
+    study = src.metadata.study_instance_uid
+    case = pacs.retrieve(node, study, tmp_path / "case")
+    vol = load_series(scan(case.folder).series[0])
+    res = _result(vol)
+    files = write_ai_objects(res, vol, tmp_path / "results")
+    assert pacs.store(node, [tmp_path / "results"]) == 4  # SR, SEG, two parametric maps
+    again = pacs.retrieve(node, study, tmp_path / "again")
+    assert len(again.files) == src.shape[0] + 4
+
+    monkeypatch.setattr(pipeline.Grader, "__call__", lambda *a, **k: pytest.fail("the model ran"))
+    vol2 = load_series(scan(again.folder).series[scan(again.folder).chosen])
+    stored = stored_grade_result(again.files, vol2)
+    assert stored is not None and stored.model["name"] == "sij-test" and stored.model["version"] == "9.8.7"
+    assert "stored" in stored.device and any("loaded from the stored DICOM report" in w for w in stored.warnings)
+    for side in ("right", "left"):
+        a, b = res.joints[side], stored.joints[side]
+        assert b.grade == a.grade and np.allclose(b.probabilities, a.probabilities)
+        assert np.allclose(b.box.center_lps_mm, a.box.center_lps_mm, atol=1e-3)
+        assert np.allclose(b.box.size_mm, a.box.size_mm, atol=1e-3)
+        assert np.allclose(b.heatmap.full(), a.heatmap.full(), atol=1e-6)
+    assert np.array_equal(stored.segmentation.labels, res.segmentation.labels)
+    assert stored.patient_positive == res.patient_positive
+    # identity: the objects stored back belong to the same patient
+    assert all(pydicom.dcmread(f, stop_before_pixels=True).PatientID == "PAT-0001" for f in files.values())
+    # grade-first: a stored result is hidden until the lock, like a fresh one
+    r = Reading(case="c1")
+    r.receive_ai(stored)
+    assert r.ai is None
+    r.set_grade("right", 1)
+    r.set_grade("left", 0)
+    r.lock()
+    assert r.ai is stored
