@@ -146,6 +146,7 @@ class PacsDialog(QtWidgets.QDialog):
                 top.addChild(child)
             self.tree.addTopLevelItem(top)
             top.setExpanded(True)
+        self.tree.resizeColumnToContents(0)
         self.search_btn.setEnabled(True)
         self.progress.setValue(100)
         self.status.setText(f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'} found")
