@@ -196,3 +196,37 @@ def test_key_image_is_marked_not_for_diagnosis(written):
     assert sc.BurnedInAnnotation == "YES" and "not for diagnosis" in sc.ImageComments and sc.Laterality == "L"
     px = sc.pixel_array
     assert (px[:4] != 90).any() and (px[-10:] == 90).all()  # text band burned in, the image below untouched
+
+
+def _cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    return subprocess.run([sys.executable, "-m", "sirad_viewer.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def test_cli_report_dicom_writes_the_readers_sr(tmp_path):
+    _ct_volume(tmp_path, dicom=True)
+    r = _cli("report", str(tmp_path / "src"), "--right", "3", "--left", "0", "--reader", "rad07",
+             "--dicom", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    sr = pydicom.dcmread(tmp_path / "out" / "reader_sr.dcm")
+    items = []
+    DR._walk(sr.ContentSequence, items)
+    assert [i.ConceptCodeSequence[0].CodeValue for i in items
+            if i.ConceptNameCodeSequence[0].CodeValue == "SRD0001"] == ["SRDG3", "SRDG0"]
+    assert sr.PatientID == "PAT-0001"
+    r = _cli("report", str(tmp_path / "src"), "--dicom", str(tmp_path / "out2"), "--reads", str(tmp_path / "none"))
+    assert r.returncode == 2 and "no locked reader grades" in r.stderr
+
+
+@pytest.mark.slow
+def test_cli_grade_dicom_on_the_demo_ct(tmp_path, real_nifti):
+    r = _cli("grade", str(real_nifti), "--dicom", str(tmp_path / "out"), "--device", "cpu", timeout=600)
+    assert r.returncode == 0, r.stderr
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"ai_sr.dcm", "seg.dcm", "heatmap_right.dcm", "heatmap_left.dcm", "key_right.dcm", "key_left.dcm",
+            "ct"} <= names
+    rep = DR.read_ai_report(pydicom.dcmread(tmp_path / "out" / "ai_sr.dcm"))
+    assert rep["model"]["name"] and set(rep["joints"]) == {"right", "left"}
