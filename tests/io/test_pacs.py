@@ -232,3 +232,21 @@ def test_round_trip_results_stored_and_shown_without_the_model(orthanc_server, t
     r.set_grade("left", 0)
     r.lock()
     assert r.ai is stored
+
+
+@pytest.mark.parametrize("text", ["MUTE@127.0.0.1:{port}", "http://127.0.0.1:{port}/dicom-web"])
+def test_silent_node_times_out_with_a_clear_error(text):
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)  # accepts connections (the kernel's backlog) but never answers
+    try:
+        node = parse_node(text.format(port=srv.getsockname()[1]), timeout_s=1)
+        t = time.perf_counter()
+        with pytest.raises(PacsError) as e:
+            pacs.echo(node)
+        assert time.perf_counter() - t < 5
+        assert e.value.code == "timeout" and "127.0.0.1" in e.value.user_message()
+    finally:
+        srv.close()

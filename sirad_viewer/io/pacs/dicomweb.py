@@ -23,26 +23,21 @@ def _client(node: Node):
     import requests
     from dicomweb_client.api import DICOMwebClient
 
-    timeout = node.timeout_s
+    timeout = (min(node.timeout_s, 5.0), node.timeout_s)  # (connect, read) seconds
 
-    class _TimeoutSession(requests.Session):
-        # requests has no session-wide timeout; without one a silent server hangs a call forever.
-        def request(self, *a: Any, **kw: Any):  # type: ignore[override]
-            kw.setdefault("timeout", (min(timeout, 5.0), timeout))
-            return super().request(*a, **kw)
-
+    class _Session(requests.Session):
         def send(self, request, **kw: Any):  # type: ignore[override]
             # requests percent-encodes '*' (a legal query character, RFC 3986 sub-delims) and
             # Orthanc then takes the QIDO wildcard literally: send it as written.
             request.url = request.url.replace("%2A", "*")
             return super().send(request, **kw)
 
-    s = _TimeoutSession()
+    s = _Session()
     if node.username:
         s.auth = (node.username, node.password)
     if node.token:
         s.headers["Authorization"] = f"Bearer {node.token}"
-    c = DICOMwebClient(url=node.url, session=s)
+    c = DICOMwebClient(url=node.url, session=s, timeout=timeout)
     # Its default retries a refused connection for about 30 s; a dead node must fail fast.
     c.set_http_retry_params(retry=False)
     return c
@@ -119,8 +114,11 @@ def find(node: Node, query: Query, *, with_series: bool = True) -> list[StudyInf
             for d in ser:
                 info = SeriesInfo(series_uid=_val(d, "0020000E"), description=str(_val(d, "0008103E")),
                                   modality=str(_val(d, "00080060")), n_images=_int(_val(d, "00201209")))
+                # without a count from the server, count the instances (a retrieve checks against it)
                 inst = _call(node, "QIDO-RS instance search", lambda i=info: c.search_for_instances(
-                    s.study_uid, i.series_uid, fields=["SliceThickness"], limit=1))
+                    s.study_uid, i.series_uid, fields=["SliceThickness"], limit=None if i.n_images is None else 1))
+                if info.n_images is None:
+                    info.n_images = len(inst)
                 if inst:
                     info.slice_thickness_mm = _float(_val(inst[0], "00180050"))
                 s.series.append(info)

@@ -70,13 +70,16 @@ def _ae(node: Node):
 @contextmanager
 def _associate(node: Node, ae, **kw) -> Iterator:
     _probe(node)
+    t0 = time.monotonic()
     assoc = ae.associate(node.host, node.port, ae_title=node.aet, **kw)
     if not assoc.is_established:
         if assoc.is_rejected:
             raise PacsError(f"{node}: association refused (check the called AE title '{node.aet}' and that our AE "
                             f"title '{node.calling_aet}' is known to the PACS)", code="refused")
-        raise PacsError(f"{node}: association failed (aborted or no answer within {node.timeout_s:.0f} s)",
-                        code="unreachable")
+        if time.monotonic() - t0 >= 0.9 * node.timeout_s:
+            raise PacsError(f"{node}: the PACS accepted the connection but did not answer the association "
+                            f"request within {node.timeout_s:g} s", code="timeout")
+        raise PacsError(f"{node}: association aborted by the PACS", code="unreachable")
     try:
         yield assoc
     finally:
