@@ -602,6 +602,9 @@ def _onto_ct(hd_vol: Any, ct_affine: np.ndarray, ct_shape: tuple, *, what: str) 
     return block.reshape(tuple(int(h - l) for l, h in zip(lo, hi))), lo.astype(int)
 
 
+_RESULT_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.30"}
+
+
 def load_stored_results(paths: Sequence[str | Path], volume: Any) -> dict[str, Any] | None:
     """The newest stored AI result (SR) for ``volume``'s series among ``paths``, with its bone
     segmentation (SEG) and heatmaps (parametric maps) put on the CT grid; None when there is none.
@@ -619,7 +622,10 @@ def load_stored_results(paths: Sequence[str | Path], volume: Any) -> dict[str, A
     for p in paths:
         if not _is_dicom(p):
             continue
-        try:
+        try:  # the SOP class first (cheap), so a folder of CT slices is passed over quickly
+            head = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+            if str(head.get("SOPClassUID", "")) not in _RESULT_CLASSES:
+                continue
             ds = pydicom.dcmread(p, stop_before_pixels=True)
         except Exception:  # noqa: BLE001 - not ours to read: skip it like the loader does
             continue
