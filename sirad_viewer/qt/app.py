@@ -692,8 +692,8 @@ class MainWindow(QtWidgets.QMainWindow):
         return out
 
     def wait_for_ai(self, timeout_ms: int = 300_000) -> bool:
-        if self._ai_worker is None:
-            return False
+        if self._ai_worker is None:  # no model run: done only when a stored result was received
+            return self.reading is not None and not self.reading.ai_pending
         loop = QtCore.QEventLoop()
         done = {"ok": False}
 
