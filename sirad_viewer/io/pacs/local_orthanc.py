@@ -35,6 +35,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the child: ask Linux to end it when its parent dies (a killed test run leaves no server)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def find_orthanc() -> str | None:
     return shutil.which("Orthanc") or (str(Path("/usr/sbin/Orthanc")) if Path("/usr/sbin/Orthanc").exists() else None)
 
@@ -133,7 +144,7 @@ class LocalOrthanc:
         cfg.write_text(json.dumps(self.config(), indent=2))
         logf = open(self.storage / "orthanc.log", "wb")  # noqa: SIM115 - kept open for the child's life
         self._proc = subprocess.Popen([exe, str(cfg)], stdout=logf, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL)
+                                      stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         logf.close()
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout_s:
