@@ -174,8 +174,9 @@ def test_cli_find_json_and_get(orthanc, pacs_studies, tmp_path):
     assert set(st) == {"study_uid", "patient_id", "patient_name", "study_date", "accession", "description",
                        "modalities", "series"}
     assert set(st["series"][0]) == {"series_uid", "description", "modality", "n_images", "slice_thickness_mm"}
-    r = run("get", node, "--study", st["study_uid"], "--series", st["series"][1]["series_uid"],
-            "--out", str(tmp_path / "got"))
+    five = next(se for se in st["series"] if se["slice_thickness_mm"] == 5.0)  # the PACS picks the order
+    assert five["n_images"] == 4
+    r = run("get", node, "--study", st["study_uid"], "--series", five["series_uid"], "--out", str(tmp_path / "got"))
     assert r.returncode == 0, r.stderr
     assert len(list((tmp_path / "got").glob("*.dcm"))) == 4
     r = run("echo", f"NOPE@127.0.0.1:{orthanc.dicom_port}")
