@@ -16,14 +16,16 @@ HEADLESS = $(if $(DISPLAY)$(WAYLAND_DISPLAY),,xvfb-run -a -s "-screen 0 1600x100
 # System packages Qt (xcb) and VTK need under Xvfb; `ldd` of PyQt6's libqxcb.so names them.
 APT_PACKAGES := xvfb xauth libgl1-mesa-dri libegl1 libgl1 libxkbcommon-x11-0 libxcb-cursor0 \
                 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-shape0 \
-                libxcb-xinerama0 libxcb-randr0 libxcb-xkb1 libfontconfig1 libdbus-1-3 postgresql
+                libxcb-xinerama0 libxcb-randr0 libxcb-xkb1 libfontconfig1 libdbus-1-3 postgresql \
+                orthanc orthanc-dicomweb dicom3tools
 
-.PHONY: run test bench system venv clean help
+.PHONY: run test bench system venv clean help pacs
 
 help:
 	@echo "make run    open the viewer on the demo case (headless: screenshots + series report into $(OUT))"
 	@echo "make test   run the whole test suite"
 	@echo "make bench  run the benchmarks (writes benchmarks/results.json)"
+	@echo "make pacs   start a local Orthanc PACS with the demo CT and phantoms (Ctrl-C stops it)"
 
 # Install missing system packages when running as root with apt-get; otherwise only report.
 system:
@@ -34,6 +36,7 @@ system:
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 	    echo "installing system packages:$$missing"; \
 	    (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	    case "$$missing" in *orthanc*) (service orthanc stop; update-rc.d orthanc disable) >/dev/null 2>&1 || true;; esac; \
 	  else \
 	    echo "note: missing system packages:$$missing (install them with apt-get as root)"; \
 	  fi; \
@@ -74,6 +77,9 @@ run: system venv
 
 test: system venv
 	$(PY) -m pytest -q
+
+pacs: system venv
+	$(PY) tools/pacs_demo.py
 
 bench: system venv
 	$(HEADLESS) $(PY) benchmarks/run.py

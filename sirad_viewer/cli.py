@@ -298,7 +298,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
         volume = load_series(result.series[result.chosen])
         grader = Grader(find_bundle("grading", args.bundle), find_bundle("segmentation", args.segmenter),
                         device=args.device)
-        res = grader(volume, heatmaps=bool(args.heatmaps),
+        res = grader(volume, heatmaps=bool(args.heatmaps or args.dicom),
                      progress=(lambda s, f: print(f"  {s}...", file=sys.stderr)) if args.verbose else None)
     except SiradError as exc:
         if args.json:
@@ -311,6 +311,8 @@ def cmd_grade(args: argparse.Namespace) -> int:
     if args.heatmaps:
         paths = write_heatmaps(res, volume, args.heatmaps)
         d["heatmaps"] = {p.stem.split("_")[-1].split(".")[0]: str(p) for p in paths}
+    if args.dicom:
+        d["dicom"] = _write_dicom_results(res, volume, args.dicom)
     if args.json:
         if args.json == "-":
             _print_json(d)
@@ -320,6 +322,17 @@ def cmd_grade(args: argparse.Namespace) -> int:
     if args.json != "-":
         print(_grade_text(d))
     return 0
+
+
+def _write_dicom_results(res: Any, volume: Any, out: str) -> dict[str, str]:
+    from sirad_viewer.io.dicom_results import write_ai_objects
+    from sirad_viewer.viz.report import key_images
+
+    imgs = key_images(volume, res)
+    files = write_ai_objects(res, volume, out, key_pixel_mm=0.6,
+                             key_images={s: imgs[f"{s}_heatmap"] for s in ("right", "left") if f"{s}_heatmap" in imgs})
+    print(f"DICOM results in {out}: " + ", ".join(sorted(files)), file=sys.stderr)
+    return {k: str(v) for k, v in files.items()}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -368,13 +381,26 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     result = scan(args.path)
     volume = load_series(result.series[result.chosen])
-    grader = Grader(find_bundle("grading", args.bundle), device=args.device)
-    res = grader(volume, heatmaps=True)
     from sirad_viewer.io.deid import source_reference
 
     reading = latest_reading(args.reads or default_log_path(), source_reference(Path(args.path).resolve()))
     if args.right is not None or args.left is not None:
         reading = {"case": str(args.path), "pre_ai": {"right": args.right, "left": args.left, "at": None}, "post_ai": None}
+    if args.dicom:
+        from sirad_viewer.io.dicom_results import write_reader_report
+
+        if not reading:
+            raise SiradError("no locked reader grades for this case (reads log, or --right/--left)", path=args.path)
+        reading = dict(reading)
+        if args.reader != "reader" or not reading.get("reader"):
+            reading["reader"] = args.reader
+        print(f"reader's SR written to {write_reader_report(reading, volume, args.dicom)}")
+        if not args.out:
+            return 0
+    if not args.out:
+        raise SiradError("give --out FILE.html/.pdf and/or --dicom DIR")
+    grader = Grader(find_bundle("grading", args.bundle), device=args.device)
+    res = grader(volume, heatmaps=True)
     out = write_report(args.out, volume, res, reading, grader.bundle.metadata,
                        include_source_path=args.include_source_path)
     print(f"report written to {out}" + ("" if reading else " (no reader grades found for this case)"))
@@ -425,6 +451,77 @@ def _add_deidentify_parser(sub: Any) -> None:
     d.add_argument("--skip-unreadable", action="store_true",
                    help="skip DICOM files that cannot be read instead of stopping (they are listed)")
     d.set_defaults(func=cmd_deidentify)
+
+
+# --- pacs (query/retrieve/store; logic in sirad_viewer.io.pacs) ------------------------------
+
+def _pacs_node(args: argparse.Namespace):
+    import os
+
+    from sirad_viewer.io.pacs import parse_node
+
+    return parse_node(args.node, calling_aet=args.calling_aet, move_port=args.move_port or 0, timeout_s=args.timeout,
+                      username=os.environ.get("SIRAD_PACS_USER", ""), password=os.environ.get("SIRAD_PACS_PASSWORD", ""),
+                      token=os.environ.get("SIRAD_PACS_TOKEN", ""))
+
+
+def cmd_pacs(args: argparse.Namespace) -> int:
+    from sirad_viewer.io import pacs
+
+    node = _pacs_node(args)
+    if args.pacs_command == "echo":
+        print(f"{node}: answered in {pacs.echo(node) * 1000:.0f} ms")
+    elif args.pacs_command == "find":
+        q = pacs.Query(patient_id=args.patient_id or "", name=args.name or "", study_date=args.study_date or "",
+                       modality=args.modality or "", accession=args.accession or "")
+        studies = pacs.find(node, q)
+        if args.json:
+            _print_json([s.to_dict() for s in studies])
+            return 0
+        for s in studies:
+            print(f"{s.study_uid}  {s.patient_id}  {s.patient_name}  {s.study_date}  {s.accession}  {s.description}  "
+                  f"{'/'.join(s.modalities)}")
+            for se in s.series:
+                th = f"{se.slice_thickness_mm:g} mm" if se.slice_thickness_mm else "? mm"
+                print(f"    {se.series_uid}  {se.modality}  {se.n_images} images  {th}  {se.description}")
+        print(f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'}")
+    elif args.pacs_command == "get":
+        res = pacs.retrieve(node, args.study, args.out, series_uids=args.series or None,
+                            method="move" if args.move_port else "get",
+                            progress=(lambda f, m: print(f"  {m}", file=sys.stderr)) if args.verbose else None)
+        print(f"retrieved {len(res.files)} of {res.expected} files into {res.folder}")
+    elif args.pacs_command == "store":
+        print(f"stored {pacs.store(node, args.paths)} file(s) on {node}")
+    return 0
+
+
+def _add_pacs_parser(sub) -> None:
+    pc = sub.add_parser("pacs", help="PACS: echo, find, get, store (DICOMweb URL or AET@host:port)",
+                        description="Talk to a PACS. NODE is a DICOMweb base URL (http[s]://host:port/dicom-web) or "
+                                    "AET@host:port (DIMSE). Credentials come from $SIRAD_PACS_USER/$SIRAD_PACS_PASSWORD "
+                                    "or $SIRAD_PACS_TOKEN and are never printed or logged.")
+    ps = pc.add_subparsers(dest="pacs_command", metavar="PACS_COMMAND", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("node")
+    common.add_argument("--calling-aet", default="SIRAD", help="our AE title (default SIRAD)")
+    common.add_argument("--timeout", type=float, default=10.0, help="network timeout in seconds (default 10)")
+    common.add_argument("--move-port", type=int, help="retrieve by C-MOVE to our storage SCP on this port "
+                                                       "(the PACS must know our AE title); default C-GET")
+    ps.add_parser("echo", parents=[common], help="C-ECHO (or a one-result QIDO-RS)")
+    f = ps.add_parser("find", parents=[common], help="find studies and their series")
+    f.add_argument("--patient-id")
+    f.add_argument("--name", help="patient name, * wildcards allowed")
+    f.add_argument("--study-date", help="YYYYMMDD or YYYYMMDD-YYYYMMDD")
+    f.add_argument("--modality")
+    f.add_argument("--accession")
+    f.add_argument("--json", action="store_true", help="a JSON list of studies with their series")
+    g = ps.add_parser("get", parents=[common], help="retrieve a study or series (complete, or nothing)")
+    g.add_argument("--study", required=True)
+    g.add_argument("--series", action="append", help="a series UID (repeatable); default: the whole study")
+    g.add_argument("--out", required=True)
+    s = ps.add_parser("store", parents=[common], help="C-STORE or STOW-RS files or folders")
+    s.add_argument("paths", nargs="+")
+    pc.set_defaults(func=cmd_pacs)
 
 
 # --- parser ----------------------------------------------------------------------------------
@@ -485,6 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("path", help="CT: file, DICOM folder or .zip")
     g.add_argument("--json", metavar="OUT", help="write the JSON result to OUT ('-' for standard output)")
     g.add_argument("--heatmaps", metavar="DIR", help="write one Grad-CAM NIfTI per joint on the CT grid")
+    g.add_argument("--dicom", metavar="DIR", help="write the result as DICOM into DIR: SR (TID 1500), SEG, parametric "
+                                                   "maps, key images (a NIfTI source is first written as a CT series)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     g.add_argument("--bundle", help="grading bundle folder (default: the installed one)")
     g.add_argument("--segmenter", help="segmentation bundle folder (default: the installed one)")
@@ -535,7 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "each joint with and without the heatmap, the reader's grades before and after the "
                                    "AI (from the reads log, or --right/--left), AI grades and probabilities.")
     r.add_argument("path")
-    r.add_argument("--out", required=True, help="FILE.html or FILE.pdf")
+    r.add_argument("--out", help="FILE.html or FILE.pdf")
+    r.add_argument("--dicom", metavar="DIR", help="write the reader's grades as a DICOM SR (person observer) into DIR")
+    r.add_argument("--reader", default="reader", help="reader id for --dicom (default: the reads log's)")
     r.add_argument("--right", type=int, choices=range(5), metavar="0-4", help="reader's pre-AI grade, right joint")
     r.add_argument("--left", type=int, choices=range(5), metavar="0-4", help="reader's pre-AI grade, left joint")
     r.add_argument("--reads", help="reads log (default: the viewer's, $SIRAD_READS)")
@@ -582,6 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out")
     c.add_argument("--cases", type=int, default=8)
     c.set_defaults(func=cmd_study_demo)
+    _add_pacs_parser(sub)
     return p
 
 

@@ -21,6 +21,7 @@ from sirad_viewer.errors import SiradError
 from sirad_viewer.imaging.display import PRESETS
 from sirad_viewer.qt import workers
 from sirad_viewer.qt.ai_panel import AIPanel
+from sirad_viewer.qt.pacs_dialog import open_from_pacs, use_stored_result
 from sirad_viewer.state.reading import Reading
 from sirad_viewer.qt.slice_view import SliceView
 from sirad_viewer.state.viewer import LAYOUTS, ViewerState
@@ -245,6 +246,7 @@ class MainWindow(QtWidgets.QMainWindow):
         f = mb.addMenu("&File")
         f.addAction("Open file...", QtGui.QKeySequence.StandardKey.Open, self.open_file_dialog)
         f.addAction("Open folder...", QtGui.QKeySequence("Ctrl+Shift+O"), self.open_folder_dialog)
+        f.addAction("Open from PACS...", lambda: open_from_pacs(self))
         self.recent_menu = f.addMenu("Recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         f.addSeparator()
@@ -414,7 +416,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.settings.add_recent(self._path)
         self.statusBar().showMessage("loaded")
         self.volume_ready.emit(self.state.volume)
-        if self.settings.get("ai_autorun", True) not in (False, "false"):
+        # a stored AI report of this series (e.g. retrieved from the PACS) is used instead of running the model
+        if not use_stored_result(self, volume) and self.settings.get("ai_autorun", True) not in (False, "false"):
             self.start_ai()
         if self.view3d is not None:
             from sirad_viewer.viz.bone_mesh import bone_mesh
@@ -772,8 +775,8 @@ class MainWindow(QtWidgets.QMainWindow):
         return out
 
     def wait_for_ai(self, timeout_ms: int = 300_000) -> bool:
-        if self._ai_worker is None:
-            return False
+        if self._ai_worker is None:  # no model run: done only when a stored result was received
+            return self.reading is not None and not self.reading.ai_pending
         loop = QtCore.QEventLoop()
         done = {"ok": False}
 
