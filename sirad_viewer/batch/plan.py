@@ -135,7 +135,7 @@ def discover(source: str | Path, *, progress: Callable[[float, str], None] | Non
     LoadError
         ``not_found`` when ``source`` does not exist; ``unsupported`` for a CSV without ``image``.
     """
-    src = Path(source)
+    src = Path(source).absolute()  # rows name absolute paths: the worklist and the report open them later
     if not src.exists():
         raise LoadError("does not exist", code="not_found", path=src)
     if src.is_file() and src.suffix.lower() == ".csv":

@@ -38,6 +38,7 @@ class BatchSummary:
     ok: int = 0
     failed: int = 0
     wall_seconds: float = 0.0
+    grading_seconds: float = 0.0  # from the first submission to the last row (no cluster start, no discovery)
     cancelled: bool = False
     dashboard: str | None = None
     dashboard_note: str = ""
@@ -46,8 +47,8 @@ class BatchSummary:
 
     @property
     def cases_per_minute(self) -> float:
-        n = self.ok + self.failed
-        return 60.0 * n / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        n = self.submitted
+        return 60.0 * n / self.grading_seconds if self.grading_seconds > 0 else 0.0
 
 
 def _dashboard(client: Any) -> tuple[str | None, str]:
@@ -180,8 +181,8 @@ def run_batch(source: str, results: str, *, workers: int = 2, scheduler: str | N
                     summary.failed += 1
                     c = row.get("error_code") or "?"
                     summary.failures_by_code[c] = summary.failures_by_code.get(c, 0) + 1
-                prog(finished / max(total, 1),
-                     progress_line(finished, total, summary.failed, time.perf_counter() - t_submit))
+                summary.grading_seconds = time.perf_counter() - t_submit
+                prog(finished / max(total, 1), progress_line(finished, total, summary.failed, summary.grading_seconds))
                 if cancel is not None and cancel():
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
