@@ -48,3 +48,6 @@ def make_archive(root: Path) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def archive(tmp_path_factory) -> dict[str, Path]:
     return make_archive(tmp_path_factory.mktemp("archive") / "archive")
+
+
+from tests.study.test_postgres import pg_url  # noqa: E402,F401 - the same throwaway PostgreSQL server
