@@ -106,10 +106,12 @@ def _grade(source: str, args: argparse.Namespace) -> int:
         print(f"grading on {where}", file=sys.stderr)
         print(f"dashboard: {s.dashboard}" if s.dashboard else s.dashboard_note, file=sys.stderr)
 
-    if not getattr(args, "verbose", 0):  # Dask logs every worker start and stop at INFO
+    if not getattr(args, "verbose", 0):  # Dask logs every connection, worker start and stop at INFO
         import logging
 
-        for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.worker"):
+        import distributed  # noqa: F401 - sets its loggers' levels on import; ours must come after
+
+        for name in ["distributed"] + [n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]:
             logging.getLogger(name).setLevel(logging.ERROR)
     mem = None if str(args.memory_limit) in ("0", "none", "None") else args.memory_limit
     try:

@@ -138,7 +138,11 @@ def build_html(store: ResultStore, *, top: int = 50, with_thumbnails: bool = Tru
                          f"{'<br>' + e(r['series_description']) if r.get('series_description') else ''}</span><br>")
             if with_thumbnails and i < top:
                 try:
-                    for side, img in thumbnails(r).items():
+                    imgs = thumbnails(r)
+                    if imgs:
+                        parts.append(f"<span class='small'>oblique coronal through the {' and '.join(imgs)} joint"
+                                     "</span><br>")
+                    for side, img in imgs.items():
                         parts.append(f"<img alt='{side} SIJ oblique coronal' title='{side} SIJ, oblique coronal' "
                                      f"src='data:image/png;base64,{_png_b64(img)}'>")
                 except SiradError as exc:

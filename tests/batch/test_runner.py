@@ -67,3 +67,15 @@ def test_batch_with_a_killed_worker_then_rerun(archive, tmp_path):
     assert ResultStore(results).count() == 6
     runs = ResultStore(results).run_rows()
     assert [r["state"] for r in runs] == ["finished", "finished"]
+
+    # the report and the export read what the run wrote
+    from sirad_viewer.batch.report import write_report
+    from sirad_viewer.cli import main
+
+    html = write_report(ResultStore(results), tmp_path / "report.html").read_text()
+    positives = [r for r in rows if r["status"] == "ok" and (r["patient_positive"] or r["patient_probability"] >= 0.5)]
+    assert html.count("<img ") == 2 * len(positives)  # one oblique coronal thumbnail per joint
+    assert "not_dicom" in html and "truncated_pixel_data" in html and "phantom" in html.lower()
+    assert main(["batch", "export", str(results), "--out", str(tmp_path / "r.csv")]) == 0
+    assert len((tmp_path / "r.csv").read_text().strip().splitlines()) == 1 + 6
+
