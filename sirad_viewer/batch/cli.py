@@ -113,6 +113,13 @@ def _grade(source: str, args: argparse.Namespace) -> int:
 
         for name in ["distributed"] + [n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]:
             logging.getLogger(name).setLevel(logging.ERROR)
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:  # Ctrl-C, or a job scheduler's SIGTERM: stop cleanly
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     mem = None if str(args.memory_limit) in ("0", "none", "None") else args.memory_limit
     try:
         s = run_batch(source, args.out, workers=args.workers, scheduler=args.scheduler, retry_failed=args.retry_failed,
