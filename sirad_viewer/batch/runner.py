@@ -149,14 +149,31 @@ def run_batch(source: str, results: str, *, workers: int = 2, scheduler: str | N
             if on_start is not None:
                 on_start(summary)
             t_submit = time.perf_counter()
-            futures = [client.submit(grade_unit, u, bundle=bundle, segmenter=segmenter, device=device,
-                                     key=f"sirad-grade-{k}-{abs(hash(u.key)) % 10**12}", pure=False)
-                       for k, u in enumerate(todo)]
-            units = {f.key: u for f, u in zip(futures, todo)}
-            summary.submitted = len(futures)
+            units: dict[str, WorkUnit] = {}
+            pending = iter(enumerate(todo))
+
+            def submit_more(ac: Any = None) -> None:
+                # Only as many cases in flight as the cluster has threads: no case waits on a worker behind
+                # another, so a case that kills its worker takes no bystander with it, and the scheduler
+                # holds a few tasks, not 100,000.
+                window = max(1, sum(client.nthreads().values()))
+                while sum(1 for f in futures if not f.done()) < window:
+                    nxt = next(pending, None)
+                    if nxt is None:
+                        return
+                    k, u = nxt
+                    f = client.submit(grade_unit, u, bundle=bundle, segmenter=segmenter, device=device,
+                                      key=f"sirad-grade-{k}-{abs(hash(u.key)) % 10**12}", pure=False)
+                    units[f.key] = u
+                    futures.append(f)
+                    summary.submitted += 1
+                    if ac is not None:
+                        ac.add(f)
+
+            submit_more()
             finished = summary.failed
             prog(finished / max(total, 1), progress_line(finished, total, summary.failed, 0.0))
-            ac = as_completed(futures, with_results=False)
+            ac = as_completed(list(futures), with_results=False)
             for fut in ac:
                 u = units[fut.key]
                 try:
@@ -174,6 +191,8 @@ def run_batch(source: str, results: str, *, workers: int = 2, scheduler: str | N
                            "worker": None, "seconds": None}
                 store.put(row)
                 fut.release()
+                futures.remove(fut)
+                submit_more(ac)
                 finished += 1
                 if row["status"] == "ok":
                     summary.ok += 1
