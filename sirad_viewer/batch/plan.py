@@ -160,7 +160,7 @@ def discover(source: str | Path, *, progress: Callable[[float, str], None] | Non
                 plan.duplicates += 1
                 continue
             seen.add(key)
-            plan.units.append(WorkUnit(key=key, source=str(t), kind="file", description=t.name))
+            plan.units.append(WorkUnit(key=key, source=str(t), kind="file", description=f"{t.parent.name}/{t.name}"))
         else:
             try:
                 _dicom_units(t, plan, seen)

@@ -79,7 +79,7 @@ class WorklistPanel(QtWidgets.QWidget):
             self._set_row(i, e)
         self.table.resizeColumnsToContents()
         if es and self.table.currentRow() < 0:
-            self.table.selectRow(0)
+            self.table.setCurrentCell(0, 0)
         self._update_status()
 
     def _set_row(self, i: int, e: Entry) -> None:
@@ -97,7 +97,7 @@ class WorklistPanel(QtWidgets.QWidget):
     def open_index(self, i: int) -> None:
         e = self.worklist.entries[i]
         self.current = i
-        self.table.selectRow(i)
+        self.table.setCurrentCell(i, 0)
         self.open_requested.emit(e.source)
 
     def open_selected(self) -> None:
