@@ -79,3 +79,21 @@ def test_batch_with_a_killed_worker_then_rerun(archive, tmp_path):
     assert main(["batch", "export", str(results), "--out", str(tmp_path / "r.csv")]) == 0
     assert len((tmp_path / "r.csv").read_text().strip().splitlines()) == 1 + 6
 
+
+
+def test_rerun_skips_and_retry_failed_retries(tmp_path):
+    """Files rejected at discovery need no cluster: a rerun skips them, --retry-failed tries them again."""
+    from sirad_viewer.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "readme.txt").write_text("not an image")
+    results = tmp_path / "r.sqlite"
+    assert main(["batch", str(src), "--out", str(results)]) == 0
+    assert [(r["error_code"], r["attempts"]) for r in ResultStore(results).rows()] == [("not_dicom", 1)]
+    s = run_batch(str(src), str(results))
+    assert s.already_done == 1 and s.failed == 0
+    assert ResultStore(results).rows()[0]["attempts"] == 1
+    s = run_batch(str(src), str(results), retry_failed=True)
+    assert s.failed == 1
+    assert [(r["error_code"], r["attempts"]) for r in ResultStore(results).rows()] == [("not_dicom", 2)]
