@@ -54,7 +54,8 @@ def add_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
     b.add_argument("items", nargs="+", metavar="SOURCE | export RESULTS | report RESULTS")
     b.add_argument("--out", required=True, help="RESULTS store (grading), or the file to write (export, report)")
     b.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster (default 2)")
-    b.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="use this existing Dask scheduler instead")
+    b.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="use this existing Dask scheduler instead (its workers' own memory limits and retries apply)")
     b.add_argument("--retry-failed", action="store_true", help="grade again the series that failed before")
     b.add_argument("--memory-limit", default="4GiB",
                    help="per-worker memory limit of the local cluster (default 4GiB; 0 for none); a case above it "
