@@ -13,7 +13,7 @@ import datetime as _dt
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from sirad_viewer.errors import ExportError, SiradError
 
@@ -222,10 +222,3 @@ class ResultStore:
             raise ExportError(f"the results cannot be written: {exc}", path=out) from exc
         return out
 
-
-def write_rows(store: ResultStore, rows: Iterable[dict[str, Any]]) -> int:
-    n = 0
-    for r in rows:
-        store.put(r)
-        n += 1
-    return n
