@@ -146,6 +146,9 @@ def main() -> int:
     import grade  # noqa: E402
 
     rows += grade.grading(max(2, args.repeat // 2))
+    import batch  # noqa: E402
+
+    rows += batch.scaling(8)
     print()
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; {time.time() - t0:.0f} s")
     print_table(rows)

@@ -524,6 +524,20 @@ def _add_pacs_parser(sub) -> None:
     pc.set_defaults(func=cmd_pacs)
 
 
+# --- batch: archive screening on Dask (logic in sirad_viewer.batch) ---------------------------------
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from sirad_viewer.batch.cli import run_command
+
+    return run_command(args)
+
+
+def add_batch_parser(sub: Any) -> None:
+    from sirad_viewer.batch.cli import add_parser
+
+    add_parser(sub, cmd_batch)
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -684,6 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cases", type=int, default=8)
     c.set_defaults(func=cmd_study_demo)
     _add_pacs_parser(sub)
+    add_batch_parser(sub)
     return p
 
 

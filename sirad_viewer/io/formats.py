@@ -26,6 +26,46 @@ def format_name(path: str | Path) -> str:
     return "MetaImage"
 
 
+def _check_gzip_complete(p: Path) -> None:
+    """A cut-off ``.nii.gz`` must be an error: SimpleITK reads it without complaint, zero-filling the rest.
+
+    The gzip trailer's ISIZE (uncompressed size mod 2**32) is compared with the size the NIfTI
+    header promises; only when they differ is the stream decompressed to find its end marker, so a
+    complete file costs one small read.
+    """
+    import zlib
+
+    if not p.name.lower().endswith(".nii.gz"):
+        return
+    try:
+        import nibabel
+
+        hdr = nibabel.load(str(p)).header
+        expected = int(hdr.get("vox_offset", 0)) + int(np.prod(hdr.get_data_shape())) * hdr.get_data_dtype().itemsize
+        with open(p, "rb") as fh:
+            fh.seek(-4, 2)
+            if int.from_bytes(fh.read(4), "little") == expected % 2**32:
+                return
+    except Exception:  # noqa: BLE001 - no usable header: the streaming check below decides
+        pass
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    n_in = 0
+    with open(p, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            n_in += len(chunk)
+            while chunk:
+                try:
+                    d.decompress(chunk, 0)
+                except zlib.error as exc:
+                    raise LoadError(f"is not a valid gzip stream ({exc})", code="undecodable_pixel_data", path=p) from exc
+                chunk = d.unused_data if d.eof else b""
+                if d.eof and chunk:  # another gzip member follows
+                    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if not d.eof:
+        raise LoadError(f"is truncated: the gzip stream stops after {n_in} bytes without its end marker; "
+                        "the file was cut short (copy it again)", code="truncated_pixel_data", path=p)
+
+
 def read_volume_file(path: str | Path) -> Volume:
     """Read a NIfTI, NRRD or MetaImage file as a :class:`Volume` in HU.
 
@@ -39,6 +79,7 @@ def read_volume_file(path: str | Path) -> Volume:
     p = Path(path)
     if not p.exists():
         raise LoadError("does not exist", code="not_found", path=p)
+    _check_gzip_complete(p)
     try:
         img = sitk.ReadImage(str(p))
     except RuntimeError as exc:

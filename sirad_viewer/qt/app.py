@@ -24,6 +24,7 @@ from sirad_viewer.qt.ai_panel import AIPanel
 from sirad_viewer.qt.pacs_dialog import open_from_pacs, use_stored_result
 from sirad_viewer.state.reading import Reading
 from sirad_viewer.qt.slice_view import SliceView
+from sirad_viewer.qt.worklist import open_worklist
 from sirad_viewer.state.viewer import LAYOUTS, ViewerState
 
 log = logging.getLogger(__name__)
@@ -247,6 +248,7 @@ class MainWindow(QtWidgets.QMainWindow):
         f.addAction("Open file...", QtGui.QKeySequence.StandardKey.Open, self.open_file_dialog)
         f.addAction("Open folder...", QtGui.QKeySequence("Ctrl+Shift+O"), self.open_folder_dialog)
         f.addAction("Open from PACS...", lambda: open_from_pacs(self))
+        f.addAction("Open worklist...", lambda: open_worklist(self))  # batch results in reading order
         self.recent_menu = f.addMenu("Recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         f.addSeparator()

@@ -1,0 +1,35 @@
+"""A cut-off .nii.gz is an error with its code, never a zero-filled volume (SimpleITK reads it silently)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sirad_viewer.errors import LoadError
+from sirad_viewer.imaging.geometry import make_affine
+from sirad_viewer.imaging.volume import Volume
+from sirad_viewer.io import open_volume
+from sirad_viewer.io.export import write_nifti
+
+
+@pytest.fixture
+def nifti_gz(tmp_path):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(-1000, 1500, size=(24, 48, 48)).astype(np.int16)
+    return write_nifti(Volume(arr, make_affine([0.0, 0.0, 0.0], np.eye(3), [2.0, 1.0, 1.0])), tmp_path / "ct.nii.gz",
+                       sidecar=False), arr
+
+
+def test_complete_gzip_loads(nifti_gz):
+    path, arr = nifti_gz
+    assert open_volume(path).array.shape == arr.shape
+
+
+def test_truncated_gzip_is_a_load_error(nifti_gz, tmp_path):
+    path, _ = nifti_gz
+    data = path.read_bytes()
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(LoadError) as ei:
+        open_volume(cut)
+    assert ei.value.code == "truncated_pixel_data"
+    assert "cut.nii.gz" in ei.value.user_message()
