@@ -115,9 +115,10 @@ def scan(path: str | Path, *, progress: ProgressFn = _noop, cancel: CancelFn = _
         return ScanResult(str(p), [info], 0, f"the only volume in {p.name}")
 
     single = p.is_file() and not str(p).lower().endswith(".zip")
-    sources = list(dicom.iter_sources(p))
-    headers: list[dicom.Header] = []
     skipped: list[tuple[str, str, str]] = []
+    sources = list(dicom.iter_sources(p, on_skip=lambda *s: skipped.append(s)))
+    headers: list[dicom.Header] = []
+    frames_of: dict[int, list[dicom.Frame]] = {}
     n = len(sources)
     for i, src in enumerate(sources):
         if cancel():
@@ -133,6 +134,10 @@ def scan(path: str | Path, *, progress: ProgressFn = _noop, cancel: CancelFn = _
             skipped.append((src.name, exc.code, exc.message))
             continue
         problem = dicom.image_problem(h)
+        if problem is not None and problem[0] == "truncated_pixel_data" and not single:
+            # Kept in its series: loading that series names this file and refuses (a slice is
+            # missing), while other series in the folder stay loadable.
+            problem = None
         if problem is not None:
             if single:
                 raise LoadError(problem[1], code=problem[0], path=src.name)
@@ -142,6 +147,13 @@ def scan(path: str | Path, *, progress: ProgressFn = _noop, cancel: CancelFn = _
             if single:
                 raise LoadError("is a localizer (scout) image, not a CT volume", code="no_image", path=src.name)
             skipped.append((src.name, "no_image", "localizer (scout) image left out"))
+            continue
+        try:
+            frames_of[id(h)] = dicom.frames_of(h)
+        except LoadError as exc:
+            if single:
+                raise
+            skipped.append((src.name, exc.code, exc.message))
             continue
         headers.append(h)
         if i % 32 == 0:
@@ -158,11 +170,18 @@ def scan(path: str | Path, *, progress: ProgressFn = _noop, cancel: CancelFn = _
     for h in headers:
         groups.setdefault(dicom.series_key(h), []).append(h)
     series: list[SeriesInfo] = []
+    refused: list[LoadError] = []
     for key, hs in groups.items():
-        frames = [f for h in hs for f in dicom.frames_of(h)]
+        frames = [f for h in hs for f in frames_of[id(h)]]
         ds = hs[0].ds
         desc = str(ds.get("SeriesDescription", "") or "")
-        plan = dicom.plan_geometry(frames, series_name=desc)
+        try:
+            plan = dicom.plan_geometry(frames, series_name=desc)
+        except LoadError as exc:
+            # One series with impossible geometry must not hide the others.
+            refused.append(exc)
+            skipped.extend((f.name, exc.code, exc.message) for f in frames[:1])
+            continue
         sp, origin, dirs = _geometry_tuple(plan.target_affine, plan.target_shape)
         warnings = list(plan.warnings)
         header_warnings = {w.code: w for h in hs for w in h.warnings}
@@ -175,6 +194,8 @@ def scan(path: str | Path, *, progress: ProgressFn = _noop, cancel: CancelFn = _
             uid=str(ds.get("SeriesInstanceUID", "") or ""), description=desc, modality=hs[0].modality,
             n_images=len(frames), shape=plan.target_shape, spacing_mm=sp, origin_lps_mm=origin,
             direction=dirs, warnings=warnings, kind="DICOM", plan=plan))
+    if not series:
+        raise refused[0]
     chosen, reason = choose_series(series)
     progress(1.0, f"found {len(series)} series")
     return ScanResult(str(p), series, chosen, reason, skipped)

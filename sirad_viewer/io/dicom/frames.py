@@ -1,11 +1,14 @@
 """Frames: the 2D images a DICOM file contributes (single-frame or enhanced multi-frame)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from sirad_viewer.errors import HeaderError, InputLimitError
+from sirad_viewer.io import limits
 from sirad_viewer.io.dicom.headers import Header
 
 
@@ -48,17 +51,32 @@ def frames_of(header: Header) -> list[Frame]:
     """The 2D frames a file contributes, with their geometry and rescale."""
     ds = header.ds
     n = header.n_frames
+    if n > limits.MAX_FRAMES:
+        raise InputLimitError(f"declares {n} frames; at most {limits.MAX_FRAMES} are read", path=header.source.name)
     inst = ds.get("InstanceNumber")
     try:
         instance = int(inst) if inst not in (None, "") else 0
     except (TypeError, ValueError):
         instance = 0
 
+    def number(item: Any, keyword: str, default: float) -> float:
+        v = item.get(keyword) if item is not None else None
+        if v is None or v == "":
+            return default
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            f = float("nan")
+        if not math.isfinite(f) or abs(f) > 1e9:
+            raise HeaderError(f"{keyword} is {str(v)[:40]!r}; a finite number is expected, so stored values "
+                              "cannot be turned into HU", path=header.source.name)
+        return f
+
     def rescale(item: Any) -> tuple[float, float]:
-        slope = item.get("RescaleSlope") if item is not None else None
-        icpt = item.get("RescaleIntercept") if item is not None else None
-        return (float(slope) if slope not in (None, "") else 1.0,
-                float(icpt) if icpt not in (None, "") else 0.0)
+        slope = number(item, "RescaleSlope", 1.0)
+        if slope == 0:
+            raise HeaderError("RescaleSlope is 0: every pixel would have the same HU", path=header.source.name)
+        return slope, number(item, "RescaleIntercept", 0.0)
 
     pffg = ds.get("PerFrameFunctionalGroupsSequence")
     sfg = _seq_item(ds, "SharedFunctionalGroupsSequence")

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from sirad_viewer.errors import VolumeWarning
+from sirad_viewer.errors import GeometryError, InputLimitError, VolumeWarning
+from sirad_viewer.io import limits
 
 if TYPE_CHECKING:
     from sirad_viewer.io.dicom.frames import Frame
@@ -20,6 +21,10 @@ SPACING_TOLERANCE = 0.05
 DUPLICATE_TOLERANCE_MM = 0.01
 #: Angle (degrees) between slice stacking direction and slice normal that counts as gantry tilt.
 TILT_TOLERANCE_DEG = 0.1
+#: |cos| between the row and column directions above which they are not perpendicular.
+ORTHOGONALITY_TOLERANCE = 0.01
+#: Pixel spacing outside this range (mm) is not a CT image.
+PIXEL_SPACING_RANGE_MM = (1e-3, 1e3)
 
 
 @dataclass
@@ -37,6 +42,31 @@ class GeometryPlan:
 
 def _fmt(v: float) -> str:
     return f"{v:.2f}".rstrip("0").rstrip(".") if abs(v) < 1000 else f"{v:.0f}"
+
+
+def _vec(v: np.ndarray) -> str:
+    return "(" + ", ".join(f"{x:g}" for x in v) + ")"
+
+
+def _checked_orientation(ori: np.ndarray, where: str, warnings: list[VolumeWarning]) -> tuple[np.ndarray, np.ndarray]:
+    """Unit row and column directions from ImageOrientationPatient; refuses what has no normal."""
+    row, col = np.asarray(ori[:3], float), np.asarray(ori[3:], float)
+    nr, nc = float(np.linalg.norm(row)), float(np.linalg.norm(col))
+    if not (np.isfinite(nr) and np.isfinite(nc)) or nr < 1e-6 or nc < 1e-6:
+        raise GeometryError(f"ImageOrientationPatient {_vec(ori)} has a zero or non-finite direction",
+                            path=where)
+    row, col = row / nr, col / nc
+    cos = abs(float(row @ col))
+    if cos > ORTHOGONALITY_TOLERANCE:
+        raise GeometryError(
+            f"ImageOrientationPatient {_vec(ori)}: the row and column directions are not perpendicular "
+            f"({np.degrees(np.arccos(min(cos, 1.0))):.1f} degrees apart), so the slice orientation is unknown",
+            path=where, context={"orientation": [float(x) for x in ori]})
+    if abs(nr - 1) > 0.01 or abs(nc - 1) > 0.01:
+        warnings.append(VolumeWarning(
+            "orientation_normalised", f"ImageOrientationPatient {_vec(ori)} has direction lengths {nr:.3g} and "
+            f"{nc:.3g} instead of 1; they were normalised", {"norms": [nr, nc]}))
+    return row, col
 
 
 def plan_geometry(frames: Sequence[Frame], *, series_name: str = "") -> GeometryPlan:
@@ -57,25 +87,50 @@ def plan_geometry(frames: Sequence[Frame], *, series_name: str = "") -> Geometry
         frames = [f for f, o in zip(frames, oris) if o == main_ori]
 
     f0 = frames[0]
+    where = f0.name
     rows = int(f0.header.ds.Rows)
     cols = int(f0.header.ds.Columns)
     geometry_known = f0.orientation is not None and all(f.position is not None for f in frames)
     if f0.pixel_spacing is not None:
         ps = f0.pixel_spacing
+        if min(ps) == 0:
+            raise GeometryError(f"PixelSpacing is {_fmt(ps[0])}\\{_fmt(ps[1])} mm: zero spacing cannot "
+                                "describe an image", path=where, context={"pixel_spacing": list(ps)})
+        if min(ps) < 0:
+            warnings.append(VolumeWarning(
+                "negative_spacing", f"PixelSpacing is {_fmt(ps[0])}\\{_fmt(ps[1])} mm in {where}: negative "
+                "values are not allowed; their magnitude was used (directions come from "
+                "ImageOrientationPatient, so the image is not mirrored)", {"pixel_spacing": list(ps)}))
+            ps = (abs(ps[0]), abs(ps[1]))
+        lo, hi = PIXEL_SPACING_RANGE_MM
+        if not (lo <= ps[0] <= hi and lo <= ps[1] <= hi):
+            raise GeometryError(f"PixelSpacing is {ps[0]:g}\\{ps[1]:g} mm; between {lo:g} and {hi:g} mm "
+                                "is expected", path=where, context={"pixel_spacing": list(ps)})
     else:
         ps = (1.0, 1.0)
         warnings.append(VolumeWarning(
             "missing_geometry", "PixelSpacing is missing; 1 mm pixels are assumed, so distances "
             "and sizes shown are not real millimetres", {}))
     if f0.orientation is not None:
-        row_dir = f0.orientation[:3] / np.linalg.norm(f0.orientation[:3])
-        col_dir = f0.orientation[3:] / np.linalg.norm(f0.orientation[3:])
+        row_dir, col_dir = _checked_orientation(f0.orientation, where, warnings)
     else:
         row_dir, col_dir = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
     normal = np.cross(row_dir, col_dir)
 
     if geometry_known:
-        d = np.array([float(f.position @ normal) for f in frames])
+        coords = np.stack([f.position for f in frames])
+        if np.abs(coords).max() > limits.MAX_COORD_MM:
+            k = int(np.abs(coords).max(axis=1).argmax())
+            raise GeometryError(f"ImagePositionPatient {_vec(coords[k])} mm is more than "
+                                f"{limits.MAX_COORD_MM / 1000:g} m from the origin", path=frames[k].name)
+        d = coords @ normal
+        extent = float(d.max() - d.min())
+        if extent > limits.MAX_EXTENT_MM:
+            far = frames[int(np.abs(d - np.median(d)).argmax())].name
+            raise InputLimitError(
+                f"slices span {_fmt(extent)} mm along the slice normal (e.g. {far}); at most "
+                f"{_fmt(limits.MAX_EXTENT_MM)} mm are read: a position is wrong", path=where,
+                context={"extent_mm": extent})
         order = np.lexsort((np.array([f.instance for f in frames]), d))
         frames = [frames[i] for i in order]
         d = d[order]
@@ -115,8 +170,13 @@ def plan_geometry(frames: Sequence[Frame], *, series_name: str = "") -> Geometry
     else:
         st = f0.header.ds.get("SliceThickness")
         try:
-            spacing = float(st) if st not in (None, "") and float(st) > 0 else 1.0
+            spacing = float(st) if st not in (None, "") else 1.0
         except (TypeError, ValueError):
+            spacing = 1.0
+        if not 0 < spacing <= PIXEL_SPACING_RANGE_MM[1]:
+            warnings.append(VolumeWarning(
+                "missing_geometry", f"SliceThickness {str(st)[:20]!r} is not a usable slice spacing; 1 mm "
+                "is assumed", {}))
             spacing = 1.0
         steps = np.array([])
 
@@ -176,11 +236,17 @@ def plan_geometry(frames: Sequence[Frame], *, series_name: str = "") -> Geometry
     if needs_resampling:
         extent = d[-1] - d[0]
         n_target = int(round(extent / spacing)) + 1
+        if n_target > limits.MAX_SLICES:
+            raise InputLimitError(f"regular grid would need {n_target} slices of {_fmt(spacing)} mm over "
+                                  f"{_fmt(extent)} mm; at most {limits.MAX_SLICES} are read", path=where)
         target_shape = (n_target, rows, cols)
         target_affine[:3, 0] = normal * spacing
         if tilt_deg > TILT_TOLERANCE_DEG:
             # Keep the in-plane grid of the first slice, cover the tilted stack's extent in plane.
             target_affine[:3, 3] = positions[0]
+    if target_shape[0] * rows * cols > limits.MAX_VOXELS:
+        raise InputLimitError(f"volume of {target_shape[0]}x{rows}x{cols} voxels; at most {limits.MAX_VOXELS} "
+                              "are read", path=where)
     mod = f0.header.modality
     if mod and mod != "CT":
         warnings.append(VolumeWarning(

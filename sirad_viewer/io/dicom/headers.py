@@ -12,7 +12,7 @@ from typing import Any
 
 from sirad_viewer.errors import LoadError, VolumeWarning
 from sirad_viewer.imaging.volume import SeriesMetadata
-from sirad_viewer.io import fastheader
+from sirad_viewer.io import fastheader, limits
 from sirad_viewer.io.dicom.sources import Source
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,10 @@ def read_header(source: Source) -> Header:
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
         except InvalidDicomError:
             fp.seek(0)
+            if not _plausible_raw_start(fp.read(8)):
+                raise LoadError("is not a DICOM file (no 'DICM' prefix, and it does not start with a DICOM "
+                                "data element)", code="not_dicom", path=source.name) from None
+            fp.seek(0)
             try:
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
             except Exception as exc:  # noqa: BLE001 - any parser failure means "not DICOM"
@@ -183,6 +187,21 @@ def read_header(source: Source) -> Header:
     return header
 
 
+def _plausible_raw_start(head: bytes) -> bool:
+    """Whether bytes without a 'DICM' prefix start like a data set (a low group, a sane length).
+
+    pydicom's ``force=True`` reads anything, and on a long run of zeros it reads (0000,0000)
+    elements for minutes; this gate keeps it to files that begin like DICOM.
+    """
+    if len(head) < 8:
+        return False
+    for order in ("<", ">"):
+        grp, elem = struct.unpack(order + "HH", head[:4])
+        if grp in (0x0002, 0x0008) and elem < 0x1000:
+            return True
+    return False
+
+
 def _looks_like_dicom(ds: Any) -> bool:
     keys = {"SOPClassUID", "Modality", "Rows", "Columns", "PatientID", "StudyInstanceUID",
             "SeriesInstanceUID", "ImageType", "SOPInstanceUID"}
@@ -194,8 +213,26 @@ def has_pixels(header: Header) -> bool:
     return bool(getattr(header.ds, "_sirad_has_pixels", False))
 
 
+def _int_value(ds: Any, keyword: str, default: int | None = None) -> int | None:
+    """An integer attribute, ``default`` when absent; raises ValueError when not an integer."""
+    v = ds.get(keyword, default)
+    if v is None or v == "":
+        return default
+    if isinstance(v, (list, tuple)) or hasattr(v, "__len__") and not isinstance(v, str):
+        raise ValueError(f"{keyword} has {len(v)} values; one expected")
+    f = float(v)
+    if not f.is_integer():
+        raise ValueError(f"{keyword} is {v!r}; an integer is expected")
+    return int(f)
+
+
 def image_problem(header: Header) -> tuple[str, str] | None:
-    """Why this file cannot be part of a CT volume: ``(code, message)``, or None when it can."""
+    """Why this file cannot be part of a CT volume: ``(code, message)``, or None when it can.
+
+    Also validates, before anything is allocated, every header value the pixel reader trusts:
+    Rows, Columns, bits, number of frames, and the declared pixel data length against the bytes
+    in the file (codes ``bad_header``, ``too_large``, ``truncated_pixel_data``).
+    """
     ds = header.ds
     mod = header.modality
     if mod in NON_IMAGE_MODALITIES:
@@ -204,14 +241,54 @@ def image_problem(header: Header) -> tuple[str, str] | None:
         return "no_image", "holds no pixel data (not an image)"
     if "Rows" not in ds or "Columns" not in ds:
         return "no_image", "has pixel data but no Rows/Columns"
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    try:
+        spp = _int_value(ds, "SamplesPerPixel", 1)
+        rows, cols = _int_value(ds, "Rows"), _int_value(ds, "Columns")
+        ba = _int_value(ds, "BitsAllocated", 16) or 16
+        bs = _int_value(ds, "BitsStored", ba)
+        pr = _int_value(ds, "PixelRepresentation", 0)
+        n_frames = _int_value(ds, "NumberOfFrames", 1)
+    except (TypeError, ValueError) as exc:
+        return "bad_header", f"has an invalid image attribute: {exc}"
     pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").upper()
     if spp != 1 or pi not in ("MONOCHROME1", "MONOCHROME2"):
         return "unsupported", (f"is a colour image ({pi}, {spp} samples per pixel); "
                                "only greyscale CT can be read as a volume")
-    ba = int(ds.get("BitsAllocated", 16) or 16)
     if ba not in (8, 16, 32):
         return "unsupported", f"has {ba} bits allocated per pixel; 8, 16 or 32 expected"
+    if not rows or not cols or rows < 1 or cols < 1:
+        return "bad_header", f"declares an image of {rows} x {cols} pixels"
+    if rows > limits.MAX_MATRIX or cols > limits.MAX_MATRIX:
+        return "too_large", f"declares {rows} x {cols} pixels; at most {limits.MAX_MATRIX} per side are read"
+    if bs is None or not 1 <= bs <= ba:
+        return "bad_header", f"BitsStored {bs} does not fit in BitsAllocated {ba}"
+    if pr not in (0, 1):
+        return "bad_header", f"PixelRepresentation is {pr}; 0 (unsigned) or 1 (signed) expected"
+    if n_frames is None or n_frames < 1:
+        return "bad_header", f"NumberOfFrames is {ds.get('NumberOfFrames')!r}; at least 1 expected"
+    if n_frames > limits.MAX_FRAMES:
+        return "too_large", f"declares {n_frames} frames; at most {limits.MAX_FRAMES} are read"
+    frame_bytes = rows * cols * ba // 8
+    if header.transfer_syntax in _NATIVE_SYNTAXES and not header.encapsulated:
+        expected = frame_bytes * n_frames
+        declared = int(header.pixel_length or 0)
+        available = header.file_size - int(header.pixel_offset or 0)
+        found = min(declared, available)
+        if found < expected:
+            return "truncated_pixel_data", (
+                f"pixel data is truncated: {expected} bytes expected ({rows}x{cols}x{n_frames} frames of "
+                f"{ba} bit), {found} found")
+        if declared >= 2 * expected:
+            return "bad_header", (
+                f"pixel data holds {declared} bytes but Rows x Columns x NumberOfFrames x BitsAllocated "
+                f"({rows}x{cols}x{n_frames}x{ba} bit) account for {expected}: the header does not describe "
+                "the data (wrong BitsAllocated or frame count), so the image would be wrong")
+    elif header.encapsulated and n_frames * 8 > header.file_size:
+        # Every compressed frame needs at least an 8-byte item header.
+        return "truncated_pixel_data", (f"declares {n_frames} compressed frames but the file holds only "
+                                        f"{header.file_size} bytes")
+    if n_frames * rows * cols > limits.MAX_VOXELS:
+        return "too_large", f"declares {n_frames * rows * cols} voxels; at most {limits.MAX_VOXELS} are read"
     return None
 
 

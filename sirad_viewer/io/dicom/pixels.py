@@ -1,15 +1,19 @@
 """Pixels: read stored values (native straight from the file, compressed through GDCM/pydicom) into HU."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
+import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from sirad_viewer.errors import CancelledError, LoadError, VolumeWarning
+from sirad_viewer.errors import CancelledError, HeaderError, InputLimitError, LoadError, VolumeWarning
+from sirad_viewer.io import limits
 from sirad_viewer.io.dicom.frames import Frame
 from sirad_viewer.io.dicom.geometry import GeometryPlan
 from sirad_viewer.io.dicom.headers import _DEFLATED, _GDCM_FAST, _LOSSY_SYNTAXES, _NATIVE_SYNTAXES, Header
@@ -26,6 +30,41 @@ def _noop_progress(fraction: float, message: str) -> None:  # pragma: no cover -
 
 def _never() -> bool:
     return False
+
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: dict[str, int] = {}
+#: Libraries whose own logging repeats, with a traceback, an error the loader handles and reports.
+QUIET_LOGGERS = ("pydicom",)
+
+
+@contextlib.contextmanager
+def quiet_libraries():
+    """Silence the decoders' loggers while an error they log is handled here.
+
+    pydicom logs every failed plugin with a traceback before raising; the loader turns the
+    failure into one :class:`LoadError`. With ``-v`` (INFO on this module) they are shown.
+    """
+    global _quiet_depth
+    if log.isEnabledFor(logging.INFO):
+        yield
+        return
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            for name in QUIET_LOGGERS:
+                lg = logging.getLogger(name)
+                _quiet_saved[name] = lg.level
+                lg.setLevel(logging.CRITICAL + 1)
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                for name, level in _quiet_saved.items():
+                    logging.getLogger(name).setLevel(level)
 
 
 def _stored_dtype(ds: Any) -> np.dtype:
@@ -113,8 +152,10 @@ class PixelReader:
         import pydicom
 
         try:
-            with header.source.open() as fp:
+            with header.source.open() as fp, quiet_libraries():
                 ds = pydicom.dcmread(fp, force=True)
+        except LoadError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise LoadError(f"cannot be read again for its pixels: {exc}", code="undecodable_pixel_data",
                             path=header.source.name) from exc
@@ -126,10 +167,15 @@ class PixelReader:
         try:
             if ts in _NATIVE_SYNTAXES or ts == _DEFLATED:
                 self._check_native_length(ds, header)
-            arr = ds.pixel_array
+            with quiet_libraries():
+                arr = ds.pixel_array
         except LoadError:
             raise
-        except Exception as exc:  # noqa: BLE001 - decoder plugins raise many types
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - decoder plugins raise many types, and the Rust
+            # RLE decoder's panics (pyo3_runtime.PanicException) derive from BaseException.
+            log.info("decoder failed on %s", header.source.name, exc_info=True)
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
             if len(lines) > 1 and lines[0].endswith(":"):  # "exceptions were raised by all plugins:"
                 lines = lines[1:]
@@ -215,9 +261,14 @@ def read_frames(
     total = len(by_header)
     done = [0]
 
+    deadline = time.monotonic() + limits.MAX_DECODE_SECONDS
+
     def work(key: int) -> None:
         if cancel():
             raise CancelledError()
+        if time.monotonic() > deadline:
+            raise InputLimitError(f"decoding took more than {limits.MAX_DECODE_SECONDS:g} s; stopped",
+                                  code="timeout", path=headers[key].source.name)
         header = headers[key]
         items = by_header[key]
         ts = header.transfer_syntax
@@ -260,6 +311,10 @@ def read_frames(
         with ThreadPoolExecutor(max_workers=n_threads) as pool:
             for _ in pool.map(work, keys):
                 pass
+    if hu.dtype.kind == "f" and not np.isfinite(hu).all():
+        bad = next(f for k, f in enumerate(frames) if not np.isfinite(hu[k]).all())
+        raise HeaderError(f"RescaleSlope {bad.slope:g} and RescaleIntercept {bad.intercept:g} give HU values "
+                          "beyond the floating-point range", path=bad.name)
     if lossy:
         warnings.append(VolumeWarning(
             "lossy_compression", f"pixel data is lossy-compressed ({', '.join(sorted(lossy))}); fine "
