@@ -119,6 +119,7 @@ def scan(path: str | Path, *, progress: ProgressFn = _noop, cancel: CancelFn = _
     sources = list(dicom.iter_sources(p, on_skip=lambda *s: skipped.append(s)))
     headers: list[dicom.Header] = []
     frames_of: dict[int, list[dicom.Frame]] = {}
+    truncated: dict[int, str] = {}
     n = len(sources)
     for i, src in enumerate(sources):
         if cancel():
@@ -135,8 +136,9 @@ def scan(path: str | Path, *, progress: ProgressFn = _noop, cancel: CancelFn = _
             continue
         problem = dicom.image_problem(h)
         if problem is not None and problem[0] == "truncated_pixel_data" and not single:
-            # Kept in its series: loading that series names this file and refuses (a slice is
-            # missing), while other series in the folder stay loadable.
+            # Kept in its series, which is flagged and chosen last: loading it names this file and
+            # refuses (a slice is missing), while other series in the folder stay loadable.
+            truncated[id(h)] = f"{src.name}: {problem[1]}"
             problem = None
         if problem is not None:
             if single:
@@ -184,6 +186,11 @@ def scan(path: str | Path, *, progress: ProgressFn = _noop, cancel: CancelFn = _
             continue
         sp, origin, dirs = _geometry_tuple(plan.target_affine, plan.target_shape)
         warnings = list(plan.warnings)
+        bad = [truncated[id(h)] for h in hs if id(h) in truncated]
+        if bad:
+            warnings.append(VolumeWarning(
+                "truncated_pixel_data", f"{len(bad)} file(s) of this series have truncated pixel data "
+                f"({bad[0]}); loading it will be refused", {"files": bad}))
         header_warnings = {w.code: w for h in hs for w in h.warnings}
         warnings.extend(header_warnings.values())
         if str(hs[0].transfer_syntax) in dicom._LOSSY_SYNTAXES:  # noqa: SLF001
@@ -211,7 +218,8 @@ def choose_series(series: list[SeriesInfo]) -> tuple[int, str]:
         return 0, f"the only series ({s.modality or 'unknown modality'}, {s.n_images} images)"
 
     def score(s: SeriesInfo) -> tuple:
-        return (s.modality == "CT", s.is_axial, -round(s.spacing_mm[0], 2), s.shape[0])
+        complete = not any(w.code == "truncated_pixel_data" for w in s.warnings)
+        return (complete, s.modality == "CT", s.is_axial, -round(s.spacing_mm[0], 2), s.shape[0])
 
     best = max(range(len(series)), key=lambda i: score(series[i]))
     s = series[best]

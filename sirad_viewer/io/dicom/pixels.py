@@ -117,6 +117,8 @@ class PixelReader:
                 if n != frame_bytes:
                     raise LoadError(f"pixel data is truncated in frame {fi + 1}", code="truncated_pixel_data",
                                     path=header.source.name)
+            if hasattr(fp, "verify"):  # a zip member: its CRC-32 is checked at its end
+                fp.verify()
         if dtype.byteorder == ">":
             buf = buf.astype(dtype.newbyteorder("="))
         out[...] = _fix_bits(buf, ds) if out.dtype == buf.dtype else _fix_bits(buf, ds).astype(out.dtype)
@@ -154,6 +156,8 @@ class PixelReader:
         try:
             with header.source.open() as fp, quiet_libraries():
                 ds = pydicom.dcmread(fp, force=True)
+                if hasattr(fp, "verify"):  # a zip member: its CRC-32 is checked at its end
+                    fp.verify()
         except LoadError:
             raise
         except Exception as exc:  # noqa: BLE001

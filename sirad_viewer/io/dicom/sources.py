@@ -113,6 +113,11 @@ class _LockedMember(io.RawIOBase):
     def tell(self) -> int:
         return self._guard(self._fh.tell)
 
+    def verify(self) -> None:
+        """Read to the end of the member so zipfile checks its CRC-32 (damaged data raises)."""
+        while self.read(1 << 20):
+            pass
+
     def close(self) -> None:
         try:
             self._fh.close()
