@@ -47,6 +47,7 @@ def check_nifti(path: Path) -> None:
         ``unsupported``, ``bad_header``, ``bad_geometry``, ``too_large`` or ``truncated_pixel_data``.
     """
     import gzip
+    import zlib
 
     import nibabel as nib
 
@@ -54,7 +55,7 @@ def check_nifti(path: Path) -> None:
     try:
         with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
             raw = fh.read(540)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise LoadError(f"cannot be read as NIfTI: {exc}", code="undecodable_pixel_data", path=path) from exc
     try:
         if 540 in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")):
@@ -127,6 +128,180 @@ def _nifti_bytes(path: Path, gz: bool, needed: int) -> int:
     return n
 
 
+_META_TYPES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+               "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+               "MET_DOUBLE": 8}
+_NRRD_TYPES = {**{t: 1 for t in ("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t")},
+               **{t: 2 for t in ("short", "short int", "signed short", "signed short int", "int16", "int16_t",
+                                 "ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t")},
+               **{t: 4 for t in ("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32",
+                                 "uint32_t", "float")},
+               **{t: 8 for t in ("longlong", "long long", "long long int", "signed long long",
+                                 "signed long long int", "int64", "int64_t", "ulonglong", "unsigned long long",
+                                 "unsigned long long int", "uint64", "uint64_t", "double")}}
+_HEADER_BYTES = 65536
+
+
+def _numbers(text: str, path: Path, key: str, n: int | None = None, *, positive: bool = False) -> list[float]:
+    import re
+
+    parts = [t for t in re.split(r"[\s,()]+", text.strip()) if t and t.lower() != "none"]
+    try:
+        vals = [float(t) for t in parts]
+    except ValueError:
+        raise HeaderError(f"{key} {text.strip()[:60]!r} is not a list of numbers", path=path) from None
+    if n is not None and len(vals) != n:
+        raise HeaderError(f"{key} has {len(vals)} values, {n} expected", path=path)
+    if not all(np.isfinite(v) and abs(v) <= 1e6 for v in vals) or (positive and not all(v > 0 for v in vals)):
+        raise GeometryError(f"{key} {text.strip()[:60]!r} must be finite{' and positive' if positive else ''}",
+                            path=path)
+    return vals
+
+
+def _sizes(text: str, path: Path, key: str, n: int) -> list[int]:
+    try:
+        sizes = [int(t) for t in text.split()]
+    except ValueError:
+        raise HeaderError(f"{key} {text.strip()[:60]!r} is not a list of integers", path=path) from None
+    if len(sizes) != n or any(v < 1 for v in sizes):
+        raise HeaderError(f"{key} {text.strip()[:60]!r}: {n} positive sizes expected", path=path)
+    if int(np.prod(sizes[:3], dtype=np.int64)) > limits.MAX_VOXELS or max(sizes) > limits.MAX_SLICES or \
+            int(np.prod(sizes, dtype=np.int64)) > 4 * limits.MAX_VOXELS:
+        raise InputLimitError(f"declares {'x'.join(map(str, sizes))} voxels; at most {limits.MAX_VOXELS} are read",
+                              path=path)
+    return sizes
+
+
+def _data_file(header_path: Path, name: str) -> Path:
+    """A detached data file named by a header: a regular file in the header's folder (or below it)."""
+    import os
+    import stat
+
+    if not name or "%" in name or name.upper().startswith("LIST") or "\x00" in name:
+        raise LoadError(f"data file {name!r}: file lists and patterns are not read", code="unsupported",
+                        path=header_path)
+    root = os.path.realpath(header_path.parent)
+    real = os.path.realpath(header_path.parent / name)
+    if os.path.commonpath([root, real]) != root:
+        raise LoadError(f"data file {name!r} lies outside the header's folder; it is not read", code="unsupported",
+                        path=header_path)
+    try:
+        st = os.stat(real)
+    except OSError:
+        raise LoadError(f"data file {name!r} is missing", code="not_found", path=header_path) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise LoadError(f"data file {name!r} is not a regular file", code="unsupported", path=header_path)
+    return Path(real)
+
+
+def check_text_header(path: Path) -> None:
+    """Validate a MetaImage (.mha/.mhd) or NRRD (.nrrd/.nhdr) header before SimpleITK reads it.
+
+    ITK aborted on ``NDims = 100000`` and would read a detached data file anywhere (``/dev/zero``);
+    here dimensions, sizes, types, spacing and the data file are checked, and the bytes present
+    are compared with the bytes declared for uncompressed data.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(_HEADER_BYTES)
+    if format_name(path) == "NRRD":
+        _check_nrrd(path, head)
+    else:
+        _check_metaimage(path, head)
+
+
+def _check_metaimage(path: Path, head: bytes) -> None:
+    fields: dict[str, str] = {}
+    header_len = None
+    pos = 0
+    for line in head.split(b"\n"):
+        pos += len(line) + 1
+        key, sep, value = line.decode("latin-1").partition("=")
+        if not sep:
+            continue
+        k = key.strip().lower()
+        fields[k] = value.strip()
+        if k == "elementdatafile":
+            header_len = pos
+            break
+    if header_len is None:
+        raise HeaderError("MetaImage header has no ElementDataFile line in its first 64 KiB", path=path)
+    try:
+        nd = int(fields.get("ndims", ""))
+    except ValueError:
+        raise HeaderError(f"NDims {fields.get('ndims')!r} is not an integer", path=path) from None
+    if not 2 <= nd <= 4:
+        raise LoadError(f"NDims is {nd}; a 2D to 4D image is expected", code="unsupported", path=path)
+    sizes = _sizes(fields.get("dimsize", ""), path, "DimSize", nd)
+    if int(fields.get("elementnumberofchannels", "1") or 1) != 1:
+        raise LoadError("has several channels per voxel; a scalar CT volume is expected", code="unsupported", path=path)
+    etype = fields.get("elementtype", "").upper()
+    if etype not in _META_TYPES:
+        raise LoadError(f"ElementType {etype!r} is not a scalar type", code="unsupported", path=path)
+    for key in ("elementspacing", "elementsize"):
+        if key in fields:
+            _numbers(fields[key], path, key, nd, positive=True)
+    for key in ("offset", "position", "origin"):
+        if key in fields:
+            _numbers(fields[key], path, key, nd)
+    for key in ("transformmatrix", "rotation", "orientation"):
+        if key in fields:
+            _numbers(fields[key], path, key, nd * nd)
+    data = fields["elementdatafile"]
+    compressed = fields.get("compresseddata", "false").lower() == "true"
+    if data.upper() == "LOCAL":
+        available = path.stat().st_size - header_len
+    else:
+        available = _data_file(path, data).stat().st_size
+    needed = int(np.prod(sizes, dtype=np.int64)) * _META_TYPES[etype]
+    if not compressed and available < needed:
+        raise LoadError(f"is truncated: {needed} bytes of voxels declared, {available} present",
+                        code="truncated_pixel_data", path=path, context={"expected_bytes": needed,
+                                                                         "found_bytes": available})
+
+
+def _check_nrrd(path: Path, head: bytes) -> None:
+    if not head.startswith(b"NRRD"):
+        raise LoadError("is not an NRRD file (no 'NRRD' magic)", code="undecodable_pixel_data", path=path)
+    end = head.find(b"\n\n")
+    if end < 0 and path.suffix.lower() == ".nhdr":
+        end = len(head)
+    if end < 0:
+        raise HeaderError("NRRD header does not end within its first 64 KiB", path=path)
+    fields: dict[str, str] = {}
+    for line in head[:end].decode("latin-1").split("\n")[1:]:
+        if line.startswith("#") or ":" not in line:
+            continue
+        key, _, value = line.partition(":")
+        fields[key.strip().lower()] = value.lstrip("=").strip()
+    try:
+        nd = int(fields.get("dimension", ""))
+    except ValueError:
+        raise HeaderError(f"dimension {fields.get('dimension')!r} is not an integer", path=path) from None
+    if not 2 <= nd <= 4:
+        raise LoadError(f"dimension is {nd}; a 2D to 4D image is expected", code="unsupported", path=path)
+    sizes = _sizes(fields.get("sizes", ""), path, "sizes", nd)
+    typ = fields.get("type", "").lower()
+    if typ not in _NRRD_TYPES:
+        raise LoadError(f"type {typ!r} is not a scalar type", code="unsupported", path=path)
+    for key in ("spacings",):
+        if key in fields:
+            _numbers(fields[key], path, key, None, positive=True)
+    for key in ("space directions", "space origin"):
+        if key in fields:
+            _numbers(fields[key], path, key)
+    enc = fields.get("encoding", "raw").lower()
+    data = fields.get("data file") or fields.get("datafile")
+    if data:
+        available = _data_file(path, data).stat().st_size
+    else:
+        available = path.stat().st_size - (end + 2)
+    needed = int(np.prod(sizes, dtype=np.int64)) * _NRRD_TYPES[typ]
+    if enc == "raw" and available < needed:
+        raise LoadError(f"is truncated: {needed} bytes of voxels declared, {available} present",
+                        code="truncated_pixel_data", path=path, context={"expected_bytes": needed,
+                                                                         "found_bytes": available})
+
+
 def _check_image_information(reader, p: Path) -> None:
     """Declared size, components and geometry of any SimpleITK-readable file, before reading voxels."""
     size = list(reader.GetSize())
@@ -169,6 +344,8 @@ def read_volume_file(path: str | Path) -> Volume:
         raise LoadError("is not a regular file", code="unsupported", path=p)
     if format_name(p) == "NIfTI":
         check_nifti(p)
+    else:
+        check_text_header(p)
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(p))

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sirad_viewer.errors import CancelledError, LoadError, VolumeWarning
+from sirad_viewer.errors import CancelledError, HeaderError, LoadError, VolumeWarning
 from sirad_viewer.imaging import geometry as geo
 from sirad_viewer.imaging.volume import Volume
 from sirad_viewer.io import dicom, formats
@@ -151,7 +151,14 @@ def scan(path: str | Path, *, progress: ProgressFn = _noop, cancel: CancelFn = _
             skipped.append((src.name, "no_image", "localizer (scout) image left out"))
             continue
         try:
-            frames_of[id(h)] = dicom.frames_of(h)
+            try:
+                frames_of[id(h)] = dicom.frames_of(h)
+            except LoadError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - pydicom converts nested values lazily and raises
+                # many types for a bad one (unknown VR, bad text): this file's header is broken.
+                raise HeaderError(f"has a value that cannot be read: {type(exc).__name__}: {exc}",
+                                  path=src.name) from exc
         except LoadError as exc:
             if single:
                 raise

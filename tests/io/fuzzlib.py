@@ -194,7 +194,8 @@ def _mutate_dicom_field(data: bytes, rng: random.Random) -> bytes | None:
     from pydicom.datadict import dictionary_VR, tag_for_keyword
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        with _quiet():
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception:  # noqa: BLE001
         return None
     for _ in range(rng.randint(1, 3)):
@@ -204,13 +205,13 @@ def _mutate_dicom_field(data: bytes, rng: random.Random) -> bytes | None:
         vr = dictionary_VR(tag)
         if isinstance(val, list):
             val = "\\".join(val)
-        if vr in ("US", "SS") and isinstance(val, int) and not 0 <= val <= 65535:
-            val = 0
-        ds[tag] = DataElement(tag, vr if not isinstance(val, str) or vr not in ("US", "SS") else "DS", val)
-        if vr in ("US",) and isinstance(val, int):
-            ds[tag] = DataElement(tag, "US", val)
-        elif isinstance(val, str):
-            ds[tag] = DataElement(tag, "LO" if vr not in ("CS",) else "CS", val)
+        try:
+            if isinstance(val, int) and vr in ("US", "SS", "UL"):
+                ds[tag] = DataElement(tag, "US", val if 0 <= val <= 65535 else 0)
+            else:  # any text, also where invalid for the attribute's VR (written as LO)
+                ds[tag] = DataElement(tag, "LO", str(val))
+        except Exception:  # noqa: BLE001
+            return None
     buf = io.BytesIO()
     try:
         with _quiet():
@@ -224,11 +225,18 @@ class _quiet:
     def __enter__(self):
         import warnings
 
+        import logging
+
         self._w = warnings.catch_warnings()
         self._w.__enter__()
         warnings.simplefilter("ignore")
+        self._level = logging.getLogger("pydicom").level
+        logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
 
     def __exit__(self, *a):
+        import logging
+
+        logging.getLogger("pydicom").setLevel(self._level)
         self._w.__exit__(*a)
 
 
@@ -320,21 +328,36 @@ def fuzz(shared: Path, workdir: Path, *, seconds: float, seed: int = 12, timeout
     rng = random.Random(seed)
     seeds = seed_files(shared, workdir / "seeds")
     blobs = [(p.name, p.read_bytes()) for p in seeds]
+    series_dir = shared / "ct" / "totalseg_example_ct_dicom"
+    series = sorted(series_dir.iterdir()) if series_dir.exists() else []
     case_dir = workdir / "case"
     runner = Runner(timeout_s=timeout_s)
     rep = Report()
     t0 = time.monotonic()
     try:
         while time.monotonic() - t0 < seconds and (max_cases is None or rep.n < max_cases):
-            name, data = rng.choice(blobs)
-            mutated, kind = mutate(data, name, rng)
-            if rng.random() < 0.3:
-                mutated, kind2 = mutate(mutated, name, rng)
-                kind += "+" + kind2
             shutil.rmtree(case_dir, ignore_errors=True)
             case_dir.mkdir(parents=True)
-            target = case_dir / (name if "." in name else name + ".dcm")
-            target.write_bytes(mutated)
+            if series and rng.random() < 0.08:
+                # A whole real series with one or two slices mutated: exercises grouping and geometry.
+                target = case_dir / "series"
+                target.mkdir()
+                for f in series:
+                    shutil.copy(f, target / f.name)
+                kinds = []
+                for f in rng.sample(series, rng.randint(1, 2)):
+                    mutated, k = mutate(f.read_bytes(), f.name, rng)
+                    (target / f.name).write_bytes(mutated)
+                    kinds.append(k)
+                name, kind = series_dir.name, "series:" + "+".join(kinds)
+            else:
+                name, data = rng.choice(blobs)
+                mutated, kind = mutate(data, name, rng)
+                if rng.random() < 0.3:
+                    mutated, kind2 = mutate(mutated, name, rng)
+                    kind += "+" + kind2
+                target = case_dir / (name if "." in name else name + ".dcm")
+                target.write_bytes(mutated)
             res = runner.run(target)
             rep.n += 1
             rep.counts[res["outcome"]] += 1
@@ -344,7 +367,8 @@ def fuzz(shared: Path, workdir: Path, *, seconds: float, seed: int = 12, timeout
                 rep.bad.append(rec)
                 if keep_bad is not None:
                     keep_bad.mkdir(parents=True, exist_ok=True)
-                    shutil.copy(target, keep_bad / f"case{rep.n:05d}_{target.name}")
+                    dest = keep_bad / f"case{rep.n:05d}_{target.name}"
+                    (shutil.copytree if target.is_dir() else shutil.copy)(target, dest)
                 if log:
                     log(f"BAD {rec}")
     finally:

@@ -244,3 +244,36 @@ def test_handled_decoder_error_prints_one_line_and_no_library_traceback(tmp_path
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "rle.dcm" in lines[0], r.stderr
+
+
+def _mha(tmp_path, name="v.mha") -> Path:
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray((np.arange(6 * 10 * 12, dtype=np.int16).reshape(6, 10, 12) - 500))
+    p = tmp_path / name
+    sitk.WriteImage(img, str(p), False)
+    return p
+
+
+def test_metaimage_with_absurd_ndims_is_refused_not_an_abort(tmp_path, isolated):
+    p = _mha(tmp_path)
+    data = p.read_bytes().replace(b"NDims = 3", b"NDims = 100000", 1)  # ITK aborted (SIGABRT)
+    p.write_bytes(data)
+    res = isolated.run(p)
+    assert res["outcome"] == "typed_error", res
+
+
+def test_metaimage_data_file_outside_its_folder_is_not_read(tmp_path):
+    (tmp_path / "case").mkdir()
+    p = _mha(tmp_path / "case", "v.mhd")
+    raw = [f for f in (tmp_path / "case").iterdir() if f.suffix == ".raw"][0]
+    text = p.read_text().replace(f"ElementDataFile = {raw.name}", "ElementDataFile = /dev/zero")
+    p.write_text(text)
+    with pytest.raises(LoadError) as ei:
+        open_volume(p)
+    assert "outside" in ei.value.message
+    p.write_text(text.replace("/dev/zero", raw.name))
+    raw.write_bytes(raw.read_bytes()[:-100])
+    with pytest.raises(LoadError) as ei:
+        open_volume(p)
+    assert ei.value.code == "truncated_pixel_data"

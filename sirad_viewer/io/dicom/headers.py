@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from sirad_viewer.errors import LoadError, VolumeWarning
+from sirad_viewer.errors import HeaderError, LoadError, VolumeWarning
 from sirad_viewer.imaging.volume import SeriesMetadata
 from sirad_viewer.io import fastheader, limits
 from sirad_viewer.io.dicom.sources import Source
@@ -165,6 +165,14 @@ def read_header(source: Source) -> Header:
         except Exception as exc:  # noqa: BLE001
             raise LoadError(f"has a DICOM header that cannot be parsed: {exc}", code="not_dicom",
                             path=source.name) from exc
+        try:
+            # pydicom converts values on first access; do it here, where a bad value (unknown VR,
+            # undecodable text) is reported as this file's problem, not as a foreign exception later.
+            for elem in ds:
+                elem.value  # noqa: B018
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for one bad element
+            raise HeaderError(f"has a data element that cannot be read: {type(exc).__name__}: {exc}",
+                              path=source.name) from exc
         ts = _tsyntax_of(ds)
         loc = locate_pixel_data(fp, ts)
         has_pixels = loc is not None
