@@ -244,6 +244,10 @@ def test_handled_decoder_error_prints_one_line_and_no_library_traceback(tmp_path
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "rle.dcm" in lines[0], r.stderr
+    # -v shows what the libraries said, tracebacks included.
+    r = subprocess.run([sys.executable, "-m", "sirad_viewer.cli", "-v", "info", str(p)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" in r.stderr and "pydicom" in r.stderr
 
 
 def _mha(tmp_path, name="v.mha") -> Path:

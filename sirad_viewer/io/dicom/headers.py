@@ -13,6 +13,7 @@ from typing import Any
 from sirad_viewer.errors import HeaderError, LoadError, VolumeWarning
 from sirad_viewer.imaging.volume import SeriesMetadata
 from sirad_viewer.io import fastheader, limits
+from sirad_viewer.io.dicom.quiet import quiet_libraries
 from sirad_viewer.io.dicom.sources import Source
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,18 @@ def locate_pixel_data(fp: Any, transfer_syntax: str) -> tuple[int, int | None] |
 
 
 def read_header(source: Source) -> Header:
+    """Parse one file up to its pixel data (library log records kept quiet; ``-v`` shows them).
+
+    Raises
+    ------
+    LoadError
+        ``not_dicom`` when the bytes are not DICOM at all, ``bad_header`` for unreadable values.
+    """
+    with quiet_libraries():
+        return _read_header(source)
+
+
+def _read_header(source: Source) -> Header:
     """Parse one file up to its pixel data.
 
     Raises

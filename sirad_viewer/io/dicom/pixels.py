@@ -1,10 +1,8 @@
 """Pixels: read stored values (native straight from the file, compressed through GDCM/pydicom) into HU."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +14,7 @@ from sirad_viewer.errors import CancelledError, HeaderError, InputLimitError, Lo
 from sirad_viewer.io import limits
 from sirad_viewer.io.dicom.frames import Frame
 from sirad_viewer.io.dicom.geometry import GeometryPlan
+from sirad_viewer.io.dicom.quiet import quiet_libraries
 from sirad_viewer.io.dicom.headers import _DEFLATED, _GDCM_FAST, _LOSSY_SYNTAXES, _NATIVE_SYNTAXES, Header
 
 log = logging.getLogger(__name__)
@@ -30,41 +29,6 @@ def _noop_progress(fraction: float, message: str) -> None:  # pragma: no cover -
 
 def _never() -> bool:
     return False
-
-
-_quiet_lock = threading.Lock()
-_quiet_depth = 0
-_quiet_saved: dict[str, int] = {}
-#: Libraries whose own logging repeats, with a traceback, an error the loader handles and reports.
-QUIET_LOGGERS = ("pydicom",)
-
-
-@contextlib.contextmanager
-def quiet_libraries():
-    """Silence the decoders' loggers while an error they log is handled here.
-
-    pydicom logs every failed plugin with a traceback before raising; the loader turns the
-    failure into one :class:`LoadError`. With ``-v`` (INFO on this module) they are shown.
-    """
-    global _quiet_depth
-    if log.isEnabledFor(logging.INFO):
-        yield
-        return
-    with _quiet_lock:
-        if _quiet_depth == 0:
-            for name in QUIET_LOGGERS:
-                lg = logging.getLogger(name)
-                _quiet_saved[name] = lg.level
-                lg.setLevel(logging.CRITICAL + 1)
-        _quiet_depth += 1
-    try:
-        yield
-    finally:
-        with _quiet_lock:
-            _quiet_depth -= 1
-            if _quiet_depth == 0:
-                for name, level in _quiet_saved.items():
-                    logging.getLogger(name).setLevel(level)
 
 
 def _stored_dtype(ds: Any) -> np.dtype:
