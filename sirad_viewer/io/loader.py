@@ -19,6 +19,7 @@ from sirad_viewer.errors import CancelledError, HeaderError, LoadError, VolumeWa
 from sirad_viewer.imaging import geometry as geo
 from sirad_viewer.imaging.volume import Volume
 from sirad_viewer.io import dicom, formats
+from sirad_viewer.io.dicom.quiet import quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,15 @@ def _geometry_tuple(affine: np.ndarray, shape: tuple[int, int, int]) -> tuple[An
 
 
 def scan(path: str | Path, *, progress: ProgressFn = _noop, cancel: CancelFn = _never) -> ScanResult:
+    """List the series under ``path`` (a file, a folder, or a .zip) and choose the default.
+
+    See :func:`_scan`. Library log records of the errors handled here stay quiet (``-v`` shows them).
+    """
+    with quiet_libraries():
+        return _scan(path, progress=progress, cancel=cancel)
+
+
+def _scan(path: str | Path, *, progress: ProgressFn = _noop, cancel: CancelFn = _never) -> ScanResult:
     """List the series under ``path`` (a file, a folder, or a .zip) and choose the default.
 
     Raises
@@ -250,7 +260,8 @@ def load_series(info: SeriesInfo, *, progress: ProgressFn = _noop, cancel: Cance
         return info.volume
     if info.plan is None:
         raise LoadError("series has no geometry plan", code="unsupported")
-    return dicom.volume_from_plan(info.plan, progress=progress, cancel=cancel)
+    with quiet_libraries():
+        return dicom.volume_from_plan(info.plan, progress=progress, cancel=cancel)
 
 
 def open_volume(

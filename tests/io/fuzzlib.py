@@ -310,6 +310,7 @@ def mutate(data: bytes, name: str, rng: random.Random) -> tuple[bytes, str]:
 class Report:
     counts: Counter = field(default_factory=Counter)
     by_kind: Counter = field(default_factory=Counter)
+    error_codes: Counter = field(default_factory=Counter)
     bad: list[dict] = field(default_factory=list)
     n: int = 0
     seconds: float = 0.0
@@ -317,6 +318,9 @@ class Report:
     def summary(self) -> str:
         lines = [f"{self.n} cases in {self.seconds:.0f} s"]
         lines += [f"  {k:12s} {v}" for k, v in sorted(self.counts.items(), key=lambda kv: -kv[1])]
+        if self.error_codes:
+            lines.append("  typed errors by code: " + ", ".join(
+                f"{k} {v}" for k, v in sorted(self.error_codes.items(), key=lambda kv: -kv[1])))
         for b in self.bad[:20]:
             lines.append(f"  BAD {b['outcome']}: {b.get('detail', '')} <- {b['seed']} ({b['kind']}, case {b['case']})")
         return "\n".join(lines)
@@ -362,6 +366,8 @@ def fuzz(shared: Path, workdir: Path, *, seconds: float, seed: int = 12, timeout
             rep.n += 1
             rep.counts[res["outcome"]] += 1
             rep.by_kind[kind] += 1
+            if res["outcome"] == "typed_error":
+                rep.error_codes[res.get("detail", "")] += 1
             if res["outcome"] not in GOOD:
                 rec = dict(res, seed=name, kind=kind, case=rep.n)
                 rep.bad.append(rec)

@@ -155,6 +155,11 @@ def _read_header(source: Source) -> Header:
             return Header(source=source, ds=lite, transfer_syntax=ts, pixel_offset=offset,
                           pixel_length=length, file_size=size)
         fp.seek(0)
+        head = fp.read(132)
+        if head[128:132] != b"DICM" and not _plausible_raw_start(head[:8]):
+            raise LoadError("is not a DICOM file (no 'DICM' prefix, and it does not start with a DICOM "
+                            "data element)", code="not_dicom", path=source.name)
+        fp.seek(0)
         try:
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
         except InvalidDicomError:
