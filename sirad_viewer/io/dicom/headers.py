@@ -186,8 +186,9 @@ def _read_header(source: Source) -> Header:
         try:
             # pydicom converts values on first access; do it here, where a bad value (unknown VR,
             # undecodable text) is reported as this file's problem, not as a foreign exception later.
-            for elem in ds:
-                elem.value  # noqa: B018
+            # Only what the loader reads (the rest stays raw, converting all of it costs time).
+            for keyword, _ in fastheader.WANTED.values():
+                ds.get(keyword)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for one bad element
             raise HeaderError(f"has a data element that cannot be read: {type(exc).__name__}: {exc}",
                               path=source.name) from exc
