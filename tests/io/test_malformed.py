@@ -281,3 +281,15 @@ def test_metaimage_data_file_outside_its_folder_is_not_read(tmp_path):
     with pytest.raises(LoadError) as ei:
         open_volume(p)
     assert ei.value.code == "truncated_pixel_data"
+
+
+def test_unknown_value_representation_is_a_header_error(tmp_path, malformed_dir):
+    """Found by fuzzing: a flipped VR made pydicom raise NotImplementedError on first access."""
+    raw = (malformed_dir / "pydicom_data" / "693_J2KR.dcm").read_bytes()
+    tag = b"\x28\x00\x52\x10DS"  # RescaleIntercept, explicit VR little endian
+    assert raw.count(tag) == 1
+    p = tmp_path / "vr.dcm"
+    p.write_bytes(raw.replace(tag, b"\x28\x00\x52\x10TS"))
+    with pytest.raises(LoadError) as ei:
+        open_volume(p)
+    assert ei.value.code == "bad_header" and "Value Representation" in ei.value.message
