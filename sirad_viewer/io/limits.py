@@ -24,6 +24,8 @@ MAX_ZIP_TOTAL_BYTES = 64 << 30
 MAX_ZIP_RATIO = 200
 #: A member above this size must not be more compressed than MAX_ZIP_RATIO (zip bombs).
 ZIP_RATIO_MIN_BYTES = 16 << 20
+#: Largest inflated size of a deflated DICOM data set (pydicom inflates it whole, in memory).
+MAX_DEFLATED_BYTES = 1 << 30
 #: Most files looked at under one folder.
 MAX_FILES = 200_000
 #: Wall-clock budget for decoding the pixels of one series (seconds).

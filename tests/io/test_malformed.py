@@ -293,3 +293,14 @@ def test_unknown_value_representation_is_a_header_error(tmp_path, malformed_dir)
     with pytest.raises(LoadError) as ei:
         open_volume(p)
     assert ei.value.code == "bad_header" and "Value Representation" in ei.value.message
+
+
+def test_deflated_data_set_is_bounded_before_pydicom_inflates_it(malformed_dir, monkeypatch):
+    from sirad_viewer.io import limits
+
+    path = malformed_dir / "pydicom" / "image_dfl.dcm"
+    assert open_volume(path).array.size > 0  # within the limit it loads
+    monkeypatch.setattr(limits, "MAX_DEFLATED_BYTES", 10_000)  # a deflate bomb in miniature
+    with pytest.raises(LoadError) as ei:
+        open_volume(path)
+    assert ei.value.code == "too_large" and "deflated" in ei.value.message

@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from sirad_viewer.errors import HeaderError, LoadError, VolumeWarning
+from sirad_viewer.errors import HeaderError, InputLimitError, LoadError, VolumeWarning
 from sirad_viewer.imaging.volume import SeriesMetadata
 from sirad_viewer.io import fastheader, limits
 from sirad_viewer.io.dicom.quiet import quiet_libraries
@@ -159,6 +159,8 @@ def _read_header(source: Source) -> Header:
         if head[128:132] != b"DICM" and not _plausible_raw_start(head[:8]):
             raise LoadError("is not a DICOM file (no 'DICM' prefix, and it does not start with a DICOM "
                             "data element)", code="not_dicom", path=source.name)
+        if head[128:132] == b"DICM":
+            _check_deflated_size(fp, source)
         fp.seek(0)
         try:
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
@@ -212,6 +214,42 @@ def _read_header(source: Source) -> Header:
                     pixel_length=pixel_length, file_size=size, warnings=warnings)
     header.ds._sirad_has_pixels = has_pixels  # noqa: SLF001 - private marker
     return header
+
+
+def _check_deflated_size(fp: Any, source: Source) -> None:
+    """Refuse a deflated data set that inflates beyond the limit (pydicom inflates it whole).
+
+    Counted by streaming inflation after the file meta group (``fp`` is just past 'DICM').
+    """
+    import zlib
+
+    meta = fp.read(12)
+    if len(meta) < 12 or meta[:4] != b"\x02\x00\x00\x00":
+        return  # no group length: pydicom parses (or refuses) the meta group itself
+    (group_len,) = struct.unpack("<I", meta[8:12])
+    block = fp.read(min(group_len, 4096))
+    if _DEFLATED.encode() not in block:
+        return
+    fp.seek(132 + 12 + group_len)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    try:
+        while True:
+            chunk = fp.read(1 << 20)
+            if not chunk:
+                break
+            data = inflater.decompress(chunk, 1 << 24)
+            while True:
+                total += len(data)
+                if total > limits.MAX_DEFLATED_BYTES:
+                    raise InputLimitError(f"deflated data set inflates to more than {limits.MAX_DEFLATED_BYTES >> 20} "
+                                          "MiB; refused", path=source.name)
+                if not inflater.unconsumed_tail:
+                    break
+                data = inflater.decompress(inflater.unconsumed_tail, 1 << 24)
+    except zlib.error as exc:
+        raise LoadError(f"deflated data set cannot be inflated: {exc}", code="undecodable_pixel_data",
+                        path=source.name) from exc
 
 
 def _plausible_raw_start(head: bytes) -> bool:
