@@ -19,13 +19,14 @@ APT_PACKAGES := xvfb xauth libgl1-mesa-dri libegl1 libgl1 libxkbcommon-x11-0 lib
                 libxcb-xinerama0 libxcb-randr0 libxcb-xkb1 libfontconfig1 libdbus-1-3 postgresql \
                 orthanc orthanc-dicomweb dicom3tools
 
-.PHONY: run test bench system venv clean help pacs
+.PHONY: run test bench fuzz pacs system venv clean help
 
 help:
 	@echo "make run    open the viewer on the demo case (headless: screenshots + series report into $(OUT))"
 	@echo "make test   run the whole test suite"
 	@echo "make bench  run the benchmarks (writes benchmarks/results.json)"
 	@echo "make pacs   start a local Orthanc PACS with the demo CT and phantoms (Ctrl-C stops it)"
+	@echo "make fuzz   fuzz the loaders with mutated real files (FUZZ_SECONDS=600, FUZZ_SEED=12)"
 
 # Install missing system packages when running as root with apt-get; otherwise only report.
 system:
@@ -80,6 +81,12 @@ test: system venv
 
 pacs: system venv
 	$(PY) tools/pacs_demo.py
+
+# Seeded mutation fuzzing of the loaders (tools/fuzz.py); counts by outcome, exit 1 on any bug.
+FUZZ_SECONDS ?= 600
+FUZZ_SEED ?= 12
+fuzz: venv
+	nice -n 10 $(PY) tools/fuzz.py --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED)
 
 bench: system venv
 	$(HEADLESS) $(PY) benchmarks/run.py

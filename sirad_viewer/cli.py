@@ -707,6 +707,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
+    # Library warnings become log records, so the loader can keep those of errors it handles quiet
+    # (sirad_viewer.io.dicom.pixels.quiet_libraries) and -v shows them.
+    logging.captureWarnings(True)
     if not getattr(args, "func", None):
         if args.command == "study":
             parser.parse_args(["study", "--help"])

@@ -58,10 +58,38 @@ class LoadError(SiradError):
     """A file or folder could not be turned into a volume.
 
     ``code`` is one of ``not_found``, ``not_dicom``, ``truncated_pixel_data``,
-    ``undecodable_pixel_data``, ``no_image``, ``unsupported``, ``bad_geometry``.
+    ``undecodable_pixel_data``, ``no_image``, ``unsupported``, ``bad_geometry``, ``bad_header``,
+    ``too_large``, ``bad_archive``, ``timeout``.
     """
 
     code = "load_error"
+
+
+class HeaderError(LoadError):
+    """A header value is invalid (not a number, out of range, or inconsistent with the data)."""
+
+    code = "bad_header"
+
+
+class GeometryError(LoadError):
+    """Positions, orientation or spacing cannot describe a real volume (zero spacing, parallel axes...)."""
+
+    code = "bad_geometry"
+
+
+class InputLimitError(LoadError):
+    """Declared sizes exceed what the viewer reads (frames, voxels, extent, archive members, time).
+
+    Raised before anything is allocated, so a hostile header cannot exhaust memory or time.
+    """
+
+    code = "too_large"
+
+
+class ArchiveError(LoadError):
+    """A zip archive is corrupt or cannot be read safely."""
+
+    code = "bad_archive"
 
 
 class ExportError(SiradError):

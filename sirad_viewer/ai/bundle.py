@@ -18,6 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import os
+import stat
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -48,6 +51,19 @@ ARCHITECTURES = {"densenet", "unet"}
 TASKS = {"grading", "segmentation"}
 SEGMENTATION_CLASSES = ["background", "sacrum", "left_ilium", "right_ilium", "other_bone"]
 
+#: Bounds on what a bundle may declare (validated at the border, before anything is built or read).
+MAX_METADATA_BYTES = 1 << 20
+MAX_METADATA_DEPTH = 16
+MAX_WEIGHTS_BYTES = 2 << 30
+SPACING_RANGE_MM = (0.05, 20.0)
+#: Largest edge of the network input, and largest number of input voxels (grading crops).
+MAX_INPUT_EDGE = 512
+MAX_INPUT_VOXELS = 256 ** 3
+TEMPERATURE_RANGE = (1e-3, 1e3)
+#: Integers in architecture.config (channels, features, growth rate, ...) stay below this.
+MAX_CONFIG_INT = 4096
+MAX_CONFIG_LIST = 16
+
 
 class BundleError(SiradError):
     code = "bad_bundle"
@@ -74,7 +90,7 @@ class ModelBundle:
 
     @property
     def weights_path(self) -> Path:
-        return self.path / self.metadata["weights"]["file"]
+        return weights_file(self.path, self.metadata["weights"]["file"])
 
     def state_dict(self) -> dict[str, Any]:
         """The tensors (torch), loaded with safetensors."""
@@ -122,12 +138,139 @@ def build_network(architecture: dict[str, Any], *, n_classes: int):
     return DenseNet(spatial_dims=3, in_channels=1, out_channels=n_classes, **cfg)
 
 
-def sha256_of(path: str | Path) -> str:
+def sha256_of(path: str | Path, *, limit: int | None = None) -> str:
+    """sha256 of a regular file (``limit`` bytes at most; a longer file raises BundleError)."""
     h = hashlib.sha256()
+    n = 0
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
+            n += len(chunk)
+            if limit is not None and n > limit:
+                raise BundleError(f"weights file is larger than {limit >> 20} MiB", path=path)
             h.update(chunk)
     return h.hexdigest()
+
+
+def _depth(obj: Any, limit: int) -> int:
+    """Nesting depth of JSON data, iteratively (never deeper than ``limit`` + 1)."""
+    stack = [(obj, 1)]
+    deepest = 0
+    while stack:
+        o, d = stack.pop()
+        deepest = max(deepest, d)
+        if d > limit:
+            return d
+        if isinstance(o, dict):
+            stack.extend((v, d + 1) for v in o.values())
+        elif isinstance(o, list):
+            stack.extend((v, d + 1) for v in o)
+    return deepest
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def read_metadata(meta_path: Path) -> Any:
+    """Parse metadata.json with a size limit, no NaN/Infinity and a nesting-depth limit."""
+    try:
+        size = meta_path.stat().st_size
+        if not stat.S_ISREG(meta_path.stat().st_mode):
+            raise BundleError("metadata.json is not a regular file", path=meta_path)
+        if size > MAX_METADATA_BYTES:
+            raise BundleError(f"metadata.json is {size} bytes; at most {MAX_METADATA_BYTES} are read", path=meta_path)
+        with open(meta_path, "rb") as fh:
+            text = fh.read(MAX_METADATA_BYTES + 1).decode("utf-8")
+    except OSError as exc:
+        raise BundleError(f"metadata.json cannot be read: {exc}", path=meta_path) from exc
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"metadata.json is not UTF-8 text: {exc}", path=meta_path) from exc
+    # json's C scanner recurses per bracket: bound the nesting before parsing.
+    depth = running = 0
+    in_str = esc = False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            running += 1
+            depth = max(depth, running)
+            if depth > MAX_METADATA_DEPTH:
+                raise BundleError(f"metadata.json nests deeper than {MAX_METADATA_DEPTH} levels", path=meta_path)
+        elif ch in "]}":
+            running -= 1
+    try:
+        meta = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise BundleError(f"metadata.json is not valid JSON: {exc}", path=meta_path) from exc
+    if _depth(meta, MAX_METADATA_DEPTH) > MAX_METADATA_DEPTH:  # pragma: no cover - caught above
+        raise BundleError(f"metadata.json nests deeper than {MAX_METADATA_DEPTH} levels", path=meta_path)
+    return meta
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_ranges(meta: dict[str, Any], task: str, path: Path) -> None:
+    """Numeric ranges of what the pipeline uses: spacing, input size, window, temperature, config."""
+    inp = meta["input"]
+    sp = inp["spacing_mm"]
+    lo, hi = SPACING_RANGE_MM
+    if not all(_number(v) and lo <= v <= hi for v in sp):
+        raise BundleError(f"metadata.json: input.spacing_mm {sp} must be 3 numbers between {lo} and {hi} mm", path=path)
+    size = inp["size"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_INPUT_EDGE for v in size):
+        raise BundleError(f"metadata.json: input.size {size} must be 3 integers between 0 and {MAX_INPUT_EDGE}", path=path)
+    if task == "grading" and (min(size) < 1 or size[0] * size[1] * size[2] > MAX_INPUT_VOXELS):
+        raise BundleError(f"metadata.json: input.size {size} must be positive with at most {MAX_INPUT_VOXELS} voxels "
+                          "for a grading network", path=path)
+    win = inp["intensity_window_hu"]
+    if len(win) != 2 or not all(_number(v) and -5000 <= v <= 50000 for v in win) or not win[0] < win[1]:
+        raise BundleError(f"metadata.json: input.intensity_window_hu {win} must be two HU values, low < high", path=path)
+    cal = meta.get("calibration")
+    if cal is not None:
+        if not isinstance(cal, dict):
+            raise BundleError("metadata.json: calibration must be an object", path=path)
+        t = cal.get("temperature", 1.0)
+        tlo, thi = TEMPERATURE_RANGE
+        if not (_number(t) and tlo <= t <= thi):
+            raise BundleError(f"metadata.json: calibration.temperature {t!r} must be a number between {tlo} and {thi} "
+                              "(0 would divide the logits by zero)", path=path)
+    cfg = meta["architecture"].get("config", {})
+    if not isinstance(cfg, dict):
+        raise BundleError("metadata.json: architecture.config must be an object", path=path)
+    for k, v in cfg.items():
+        vals = v if isinstance(v, list) else [v]
+        if isinstance(v, list) and len(v) > MAX_CONFIG_LIST:
+            raise BundleError(f"metadata.json: architecture.config.{k} has {len(v)} values; at most {MAX_CONFIG_LIST}",
+                              path=path)
+        for x in vals:
+            if isinstance(x, bool) or x is None or isinstance(x, str):
+                continue
+            if not _number(x) or abs(x) > MAX_CONFIG_INT:
+                raise BundleError(f"metadata.json: architecture.config.{k} = {v!r} is out of range", path=path)
+
+
+def weights_file(bundle_dir: Path, name: Any) -> Path:
+    """The weights path named in metadata.json, which must be a regular file inside the bundle folder."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise BundleError("metadata.json: weights.file must be a file name", path=bundle_dir)
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or name.startswith(("/", "\\")) or ":" in name:
+        raise BundleError(f"weights file {name!r} is outside the bundle folder; only a file inside it is loaded",
+                          path=bundle_dir)
+    root = os.path.realpath(bundle_dir)
+    real = os.path.realpath(bundle_dir / rel)
+    if os.path.commonpath([root, real]) != root:
+        raise BundleError(f"weights file {name!r} leads to {real}, outside the bundle folder; refused", path=bundle_dir)
+    return Path(real)
 
 
 def validate_metadata(meta: Any, *, path: Path) -> None:
@@ -145,10 +288,11 @@ def validate_metadata(meta: Any, *, path: Path) -> None:
     for key, typ in REQUIRED_INPUT.items():
         if not isinstance(meta["input"].get(key), typ):
             raise BundleError(f"metadata.json: input.{key} is missing or not {typ.__name__}", path=path)
-    if len(meta["input"]["spacing_mm"]) != 3 or len(meta["input"]["size"]) != 3:
+    if len(meta["input"]["spacing_mm"]) != 3 or len(meta["input"]["size"]) != 3 or \
+            not isinstance(meta["input"]["intensity_window_hu"], list):
         raise BundleError("metadata.json: input.spacing_mm and input.size need 3 values (slice, row, column)", path=path)
     task = meta.get("task", "grading")
-    if task not in TASKS:
+    if not isinstance(task, str) or task not in TASKS:
         raise BundleError(f"metadata.json: task {task!r} is not one of {sorted(TASKS)}", path=path)
     if str(meta["architecture"].get("type", "")).lower() not in ARCHITECTURES:
         raise BundleError(f"metadata.json: architecture type {meta['architecture'].get('type')!r} is not supported; "
@@ -160,9 +304,12 @@ def validate_metadata(meta: Any, *, path: Path) -> None:
     else:
         if meta["classes"] != [0, 1, 2, 3, 4]:
             raise BundleError(f"metadata.json: classes must be the grades [0, 1, 2, 3, 4], got {meta['classes']}", path=path)
+        if not all(isinstance(grp, list) and all(isinstance(g, int) for g in grp) for grp in meta["groups"]):
+            raise BundleError(f"metadata.json: groups must be lists of grades, got {meta['groups']}", path=path)
         flat = sorted(g for grp in meta["groups"] for g in grp)
         if flat != [0, 1, 2, 3, 4]:
             raise BundleError(f"metadata.json: groups must cover grades 0-4 exactly once, got {meta['groups']}", path=path)
+    _check_ranges(meta, task, path)
     w = meta["weights"]
     if not isinstance(w.get("file"), str) or not isinstance(w.get("sha256"), str) or len(w["sha256"]) != 64:
         raise BundleError("metadata.json: weights needs 'file' and a 64-hex-digit 'sha256'", path=path)
@@ -178,15 +325,19 @@ def load_bundle(path: str | Path) -> ModelBundle:
     meta_path = p / "metadata.json"
     if not meta_path.exists():
         raise BundleError("is not a model bundle (no metadata.json)", path=p, code="not_found")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BundleError(f"metadata.json is not valid JSON: {exc}", path=meta_path) from exc
+    meta = read_metadata(meta_path)
     validate_metadata(meta, path=meta_path)
-    weights = p / meta["weights"]["file"]
-    if not weights.exists():
-        raise BundleError("weights file is missing", path=weights)
-    digest = sha256_of(weights)
+    weights = weights_file(p, meta["weights"]["file"])
+    try:
+        st = weights.stat()
+    except OSError:
+        raise BundleError("weights file is missing", path=p / meta["weights"]["file"]) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleError("weights file is not a regular file (a device, FIFO or folder); refused", path=weights)
+    if st.st_size > MAX_WEIGHTS_BYTES:
+        raise BundleError(f"weights file is {st.st_size >> 20} MiB; at most {MAX_WEIGHTS_BYTES >> 20} MiB are read",
+                          path=weights)
+    digest = sha256_of(weights, limit=MAX_WEIGHTS_BYTES)
     if digest != meta["weights"]["sha256"]:
         raise BundleError(f"weights checksum mismatch: sha256 {digest[:16]}... found, {meta['weights']['sha256'][:16]}... "
                           "expected; the file was changed or damaged and is refused", path=weights)
@@ -231,6 +382,9 @@ def discover_bundles(models_dir: str | Path | None = None) -> tuple[list[ModelBu
             bundles.append(load_bundle(p))
         except BundleError as exc:
             problems.append(exc.user_message())
-        except OSError as exc:
-            problems.append(f"{p}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - one bad bundle must never stop the others
+            problems.append(f"{p}: {type(exc).__name__}: {exc}")
+        else:
+            continue
+        log.warning("model bundle skipped: %s", problems[-1])
     return bundles, problems

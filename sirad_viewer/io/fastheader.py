@@ -162,10 +162,12 @@ def _element(buf: bytes, pos: int, implicit: bool) -> tuple[int, int, tuple[int,
     return start + length, tag, (start, length)
 
 
-def parse(fp: BinaryIO, file_size: int, *, first_read: int = 16384) -> tuple[LiteDataset, int | None, int | None] | None:
-    """Parse a header; return ``(dataset, pixel_value_offset, pixel_length)`` or None to fall back.
+def parse(fp: BinaryIO, file_size: int, *, first_read: int = 16384) -> tuple[LiteDataset, int | None] | None:
+    """Parse a header; return ``(dataset, pixel_element_position)`` or None to fall back.
 
-    ``pixel_length`` is None for encapsulated (compressed) pixel data.
+    ``pixel_element_position`` is the file offset where the pixel data element starts (its tag),
+    None when the file ends without one. The element itself is read by
+    :func:`sirad_viewer.io.dicom.headers.locate_pixel_data`, the one place that does.
     """
     buf = fp.read(first_read)
     if len(buf) < 132 or buf[128:132] != b"DICM":
@@ -191,7 +193,7 @@ def parse(fp: BinaryIO, file_size: int, *, first_read: int = 16384) -> tuple[Lit
             if pos + 12 > len(buf):
                 more = fp.read(max(first_read, len(buf)))
                 if not more:
-                    return (_finish(values, ts), None, None) if pos >= len(buf) else None
+                    return (_finish(values, ts), None) if pos >= len(buf) else None
                 buf += more
                 continue
             try:
@@ -202,10 +204,7 @@ def parse(fp: BinaryIO, file_size: int, *, first_read: int = 16384) -> tuple[Lit
                 buf += fp.read(max(first_read, len(buf)))
                 continue
             if tag in _PIXEL_TAGS:
-                ds = _finish(values, ts)
-                ds._sirad_has_pixels = True
-                length = None if val[1] == 0xFFFFFFFF else val[1]
-                return ds, val[0], length
+                return _finish(values, ts), pos
             if tag in _BAIL_TAGS:
                 return None
             if nxt > len(buf):

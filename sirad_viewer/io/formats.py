@@ -5,7 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sirad_viewer.errors import LoadError, VolumeWarning
+from sirad_viewer.errors import GeometryError, LoadError, VolumeWarning
+from sirad_viewer.io.volume_headers import check_image_information, check_nifti, check_text_header
 from sirad_viewer.imaging import geometry as geo
 from sirad_viewer.imaging.volume import SeriesMetadata, Volume
 
@@ -26,46 +27,6 @@ def format_name(path: str | Path) -> str:
     return "MetaImage"
 
 
-def _check_gzip_complete(p: Path) -> None:
-    """A cut-off ``.nii.gz`` must be an error: SimpleITK reads it without complaint, zero-filling the rest.
-
-    The gzip trailer's ISIZE (uncompressed size mod 2**32) is compared with the size the NIfTI
-    header promises; only when they differ is the stream decompressed to find its end marker, so a
-    complete file costs one small read.
-    """
-    import zlib
-
-    if not p.name.lower().endswith(".nii.gz"):
-        return
-    try:
-        import nibabel
-
-        hdr = nibabel.load(str(p)).header
-        expected = int(hdr.get("vox_offset", 0)) + int(np.prod(hdr.get_data_shape())) * hdr.get_data_dtype().itemsize
-        with open(p, "rb") as fh:
-            fh.seek(-4, 2)
-            if int.from_bytes(fh.read(4), "little") == expected % 2**32:
-                return
-    except Exception:  # noqa: BLE001 - no usable header: the streaming check below decides
-        pass
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    n_in = 0
-    with open(p, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            n_in += len(chunk)
-            while chunk:
-                try:
-                    d.decompress(chunk, 0)
-                except zlib.error as exc:
-                    raise LoadError(f"is not a valid gzip stream ({exc})", code="undecodable_pixel_data", path=p) from exc
-                chunk = d.unused_data if d.eof else b""
-                if d.eof and chunk:  # another gzip member follows
-                    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    if not d.eof:
-        raise LoadError(f"is truncated: the gzip stream stops after {n_in} bytes without its end marker; "
-                        "the file was cut short (copy it again)", code="truncated_pixel_data", path=p)
-
-
 def read_volume_file(path: str | Path) -> Volume:
     """Read a NIfTI, NRRD or MetaImage file as a :class:`Volume` in HU.
 
@@ -79,9 +40,18 @@ def read_volume_file(path: str | Path) -> Volume:
     p = Path(path)
     if not p.exists():
         raise LoadError("does not exist", code="not_found", path=p)
-    _check_gzip_complete(p)
+    if not p.is_file():
+        raise LoadError("is not a regular file", code="unsupported", path=p)
+    if p.name.lower().endswith((".nii", ".nii.gz")):
+        check_nifti(p)
+    else:
+        check_text_header(p)
     try:
-        img = sitk.ReadImage(str(p))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(p))
+        reader.ReadImageInformation()
+        check_image_information(reader, p)
+        img = reader.Execute()
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = next((ln for ln in first if "ERROR" in ln or "error" in ln), first[-1] if first else "")
@@ -102,6 +72,16 @@ def read_volume_file(path: str | Path) -> Volume:
         raise LoadError(f"is {img.GetDimension()}-dimensional; a 3D volume is expected", code="unsupported", path=p)
     arr = sitk.GetArrayFromImage(img)  # (z, y, x) == (slice, row, column)
     affine = geo.affine_from_sitk(img.GetOrigin(), img.GetSpacing(), img.GetDirection())
+    if not np.isfinite(affine).all():
+        raise GeometryError("has a non-finite origin, spacing or direction", path=p)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        n_bad = int((~np.isfinite(arr)).sum())
+        finite = arr[np.isfinite(arr)]
+        fill = float(finite.min()) if finite.size else -1024.0
+        arr = np.where(np.isfinite(arr), arr, np.float32(fill)).astype(np.float32)
+        warnings.append(VolumeWarning(
+            "non_finite_values", f"{n_bad} voxel(s) hold NaN or infinity; they were set to {fill:g} (the "
+            "lowest finite value)", {"n_voxels": n_bad, "fill": fill}))
     if np.issubdtype(arr.dtype, np.integer):
         lo, hi = int(arr.min()), int(arr.max())
         arr = arr.astype(np.int16) if -32768 <= lo and hi <= 32767 else arr.astype(np.float32)

@@ -15,10 +15,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sirad_viewer.errors import CancelledError, LoadError, VolumeWarning
+from sirad_viewer.errors import CancelledError, HeaderError, LoadError, VolumeWarning
 from sirad_viewer.imaging import geometry as geo
 from sirad_viewer.imaging.volume import Volume
 from sirad_viewer.io import dicom, formats
+from sirad_viewer.io.dicom.quiet import quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,15 @@ def _geometry_tuple(affine: np.ndarray, shape: tuple[int, int, int]) -> tuple[An
 def scan(path: str | Path, *, progress: ProgressFn = _noop, cancel: CancelFn = _never) -> ScanResult:
     """List the series under ``path`` (a file, a folder, or a .zip) and choose the default.
 
+    See :func:`_scan`. Library log records of the errors handled here stay quiet (``-v`` shows them).
+    """
+    with quiet_libraries():
+        return _scan(path, progress=progress, cancel=cancel)
+
+
+def _scan(path: str | Path, *, progress: ProgressFn = _noop, cancel: CancelFn = _never) -> ScanResult:
+    """List the series under ``path`` (a file, a folder, or a .zip) and choose the default.
+
     Raises
     ------
     LoadError
@@ -115,9 +125,11 @@ def scan(path: str | Path, *, progress: ProgressFn = _noop, cancel: CancelFn = _
         return ScanResult(str(p), [info], 0, f"the only volume in {p.name}")
 
     single = p.is_file() and not str(p).lower().endswith(".zip")
-    sources = list(dicom.iter_sources(p))
-    headers: list[dicom.Header] = []
     skipped: list[tuple[str, str, str]] = []
+    sources = list(dicom.iter_sources(p, on_skip=lambda *s: skipped.append(s)))
+    headers: list[dicom.Header] = []
+    frames_of: dict[int, list[dicom.Frame]] = {}
+    truncated: dict[int, str] = {}
     n = len(sources)
     for i, src in enumerate(sources):
         if cancel():
@@ -133,6 +145,11 @@ def scan(path: str | Path, *, progress: ProgressFn = _noop, cancel: CancelFn = _
             skipped.append((src.name, exc.code, exc.message))
             continue
         problem = dicom.image_problem(h)
+        if problem is not None and problem[0] == "truncated_pixel_data" and not single:
+            # Kept in its series, which is flagged and chosen last: loading it names this file and
+            # refuses (a slice is missing), while other series in the folder stay loadable.
+            truncated[id(h)] = f"{src.name}: {problem[1]}"
+            problem = None
         if problem is not None:
             if single:
                 raise LoadError(problem[1], code=problem[0], path=src.name)
@@ -142,6 +159,20 @@ def scan(path: str | Path, *, progress: ProgressFn = _noop, cancel: CancelFn = _
             if single:
                 raise LoadError("is a localizer (scout) image, not a CT volume", code="no_image", path=src.name)
             skipped.append((src.name, "no_image", "localizer (scout) image left out"))
+            continue
+        try:
+            try:
+                frames_of[id(h)] = dicom.frames_of(h)
+            except LoadError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - pydicom converts nested values lazily and raises
+                # many types for a bad one (unknown VR, bad text): this file's header is broken.
+                raise HeaderError(f"has a value that cannot be read: {type(exc).__name__}: {exc}",
+                                  path=src.name) from exc
+        except LoadError as exc:
+            if single:
+                raise
+            skipped.append((src.name, exc.code, exc.message))
             continue
         headers.append(h)
         if i % 32 == 0:
@@ -158,13 +189,25 @@ def scan(path: str | Path, *, progress: ProgressFn = _noop, cancel: CancelFn = _
     for h in headers:
         groups.setdefault(dicom.series_key(h), []).append(h)
     series: list[SeriesInfo] = []
+    refused: list[LoadError] = []
     for key, hs in groups.items():
-        frames = [f for h in hs for f in dicom.frames_of(h)]
+        frames = [f for h in hs for f in frames_of[id(h)]]
         ds = hs[0].ds
         desc = str(ds.get("SeriesDescription", "") or "")
-        plan = dicom.plan_geometry(frames, series_name=desc)
+        try:
+            plan = dicom.plan_geometry(frames, series_name=desc)
+        except LoadError as exc:
+            # One series with impossible geometry must not hide the others.
+            refused.append(exc)
+            skipped.extend((f.name, exc.code, exc.message) for f in frames[:1])
+            continue
         sp, origin, dirs = _geometry_tuple(plan.target_affine, plan.target_shape)
         warnings = list(plan.warnings)
+        bad = [truncated[id(h)] for h in hs if id(h) in truncated]
+        if bad:
+            warnings.append(VolumeWarning(
+                "truncated_pixel_data", f"{len(bad)} file(s) of this series have truncated pixel data "
+                f"({bad[0]}); loading it will be refused", {"files": bad}))
         header_warnings = {w.code: w for h in hs for w in h.warnings}
         warnings.extend(header_warnings.values())
         if str(hs[0].transfer_syntax) in dicom._LOSSY_SYNTAXES:  # noqa: SLF001
@@ -175,6 +218,8 @@ def scan(path: str | Path, *, progress: ProgressFn = _noop, cancel: CancelFn = _
             uid=str(ds.get("SeriesInstanceUID", "") or ""), description=desc, modality=hs[0].modality,
             n_images=len(frames), shape=plan.target_shape, spacing_mm=sp, origin_lps_mm=origin,
             direction=dirs, warnings=warnings, kind="DICOM", plan=plan))
+    if not series:
+        raise refused[0]
     chosen, reason = choose_series(series)
     progress(1.0, f"found {len(series)} series")
     return ScanResult(str(p), series, chosen, reason, skipped)
@@ -190,7 +235,8 @@ def choose_series(series: list[SeriesInfo]) -> tuple[int, str]:
         return 0, f"the only series ({s.modality or 'unknown modality'}, {s.n_images} images)"
 
     def score(s: SeriesInfo) -> tuple:
-        return (s.modality == "CT", s.is_axial, -round(s.spacing_mm[0], 2), s.shape[0])
+        complete = not any(w.code == "truncated_pixel_data" for w in s.warnings)
+        return (complete, s.modality == "CT", s.is_axial, -round(s.spacing_mm[0], 2), s.shape[0])
 
     best = max(range(len(series)), key=lambda i: score(series[i]))
     s = series[best]
@@ -214,7 +260,8 @@ def load_series(info: SeriesInfo, *, progress: ProgressFn = _noop, cancel: Cance
         return info.volume
     if info.plan is None:
         raise LoadError("series has no geometry plan", code="unsupported")
-    return dicom.volume_from_plan(info.plan, progress=progress, cancel=cancel)
+    with quiet_libraries():
+        return dicom.volume_from_plan(info.plan, progress=progress, cancel=cancel)
 
 
 def open_volume(

@@ -126,3 +126,97 @@ def test_segmentation_bundle_needs_its_classes(saved):
     (b.path / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(B.BundleError, match="task .detection."):
         B.load_bundle(b.path)
+
+
+# ------------------------------------------------------------------------------------------
+# Hostile bundles (issue 12): weights only inside the folder, metadata bounded, one bad bundle
+# never stops the others.
+# ------------------------------------------------------------------------------------------
+
+import os  # noqa: E402
+import shutil  # noqa: E402
+
+
+def _edit(bundle_path, fn):
+    meta = json.loads((bundle_path / "metadata.json").read_text())
+    fn(meta)
+    (bundle_path / "metadata.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute"])
+def test_weights_outside_the_bundle_folder_are_refused(saved, tmp_path, where):
+    _, bundle = saved
+    outside = tmp_path / "elsewhere.safetensors"
+    shutil.copy(bundle.weights_path, outside)  # same bytes: the checksum alone would accept it
+    name = "../elsewhere.safetensors" if where == "parent" else str(outside)
+    _edit(bundle.path, lambda m: m["weights"].update(file=name))
+    with pytest.raises(B.BundleError, match="outside the bundle folder"):
+        B.load_bundle(bundle.path)
+
+
+def test_weights_symlink_out_of_the_folder_or_to_a_device_is_refused(saved, tmp_path):
+    _, bundle = saved
+    outside = tmp_path / "elsewhere.safetensors"
+    shutil.copy(bundle.weights_path, outside)
+    link = bundle.path / "linked.safetensors"
+    os.symlink(outside, link)
+    _edit(bundle.path, lambda m: m["weights"].update(file="linked.safetensors"))
+    with pytest.raises(B.BundleError, match="outside the bundle folder"):
+        B.load_bundle(bundle.path)
+    # A link to /dev/zero inside the folder's name space: the checksum used to read forever.
+    dev = bundle.path / "dev.safetensors"
+    os.symlink("/dev/zero", dev)
+    _edit(bundle.path, lambda m: m["weights"].update(file="dev.safetensors"))
+    with pytest.raises(B.BundleError):
+        B.load_bundle(bundle.path)
+
+
+def test_deep_or_huge_metadata_is_a_bundle_error(saved):
+    _, bundle = saved
+    meta_path = bundle.path / "metadata.json"
+    meta_path.write_text("[" * 200_000 + "]" * 200_000)  # json raised RecursionError
+    with pytest.raises(B.BundleError, match="nests deeper"):
+        B.load_bundle(bundle.path)
+    meta_path.write_text('{"name": "' + "x" * (2 << 20) + '"}')
+    with pytest.raises(B.BundleError, match="at most"):
+        B.load_bundle(bundle.path)
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda m: m.update(calibration={"temperature": 0}), "temperature"),
+    (lambda m: m.update(calibration={"temperature": -1.0}), "temperature"),
+    (lambda m: m["input"].update(spacing_mm=[0, 1.5, 1.5]), "spacing_mm"),
+    (lambda m: m["input"].update(size=[2000, 2000, 2000]), "input.size"),
+    (lambda m: m["input"].update(size=["a", 1, 1]), "input.size"),
+    (lambda m: m["input"].update(intensity_window_hu=[1500, -200]), "intensity_window_hu"),
+    (lambda m: m["architecture"]["config"].update(init_features=10 ** 9), "init_features"),
+    (lambda m: m.update(groups=[[0, 1], [2, [3]], [4]]), "groups"),
+])
+def test_out_of_range_metadata_is_refused_by_name(saved, change, needle):
+    _, bundle = saved
+    _edit(bundle.path, change)
+    with pytest.raises(B.BundleError, match=needle):
+        B.load_bundle(bundle.path)
+
+
+def test_one_bad_bundle_is_skipped_with_a_warning_and_the_others_load(saved, tmp_path, monkeypatch, caplog):
+    _, bundle = saved
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copytree(bundle.path, models / "good")
+    for name, change in [("zero-temp", lambda m: m.update(calibration={"temperature": 0})),
+                         ("outside", lambda m: m["weights"].update(file="../good/model.safetensors"))]:
+        shutil.copytree(bundle.path, models / name)
+        _edit(models / name, change)
+    (models / "deep").mkdir()
+    (models / "deep" / "metadata.json").write_text("[" * 100_000)
+    monkeypatch.setattr(B.importlib_metadata, "entry_points", lambda group: [])
+    with caplog.at_level("WARNING", logger="sirad_viewer.ai.bundle"):
+        bundles, problems = B.discover_bundles(models)
+    assert [b.path.name for b in bundles] == ["good"]
+    assert len(problems) == 3 and len([r for r in caplog.records if "skipped" in r.getMessage()]) == 3
+    # sirad grade's lookup still finds the good bundle.
+    from sirad_viewer.ai import pipeline
+
+    monkeypatch.setenv("SIRAD_MODELS", str(models))
+    assert pipeline.find_bundle("grading").path.name == "good"

@@ -261,3 +261,121 @@ def test_missing_file_and_empty_folder_errors(tmp_path):
     with pytest.raises(LoadError) as ei:
         open_volume(tmp_path / "empty")
     assert ei.value.code == "no_image"
+
+
+# ------------------------------------------------------------------------------------------
+# Archives and folders from outside (issue 12): bounded, streamed, typed errors, no hangs.
+# ------------------------------------------------------------------------------------------
+
+import os  # noqa: E402
+import time  # noqa: E402
+
+
+def test_corrupt_zip_is_a_typed_error_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    _, files = write(tmp_path / "series")
+    z = tmp_path / "case.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in files:
+            zf.write(f, f.name)
+    data = bytearray(z.read_bytes())
+    cd = data.rfind(b"PK\x01\x02")  # last central directory entry: damage its signature
+    data[cd + 1] ^= 0xFF
+    z.write_bytes(bytes(data))
+    with pytest.raises(LoadError) as ei:
+        open_volume(z)
+    assert ei.value.code == "bad_archive" and ei.value.path.endswith("case.zip")
+    r = subprocess.run([sys.executable, "-m", "sirad_viewer.cli", "info", str(z)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1
+
+
+def test_zip_with_a_damaged_member_names_it(tmp_path):
+    vol, files = write(tmp_path / "series")
+    z = tmp_path / "case.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in files:
+            zf.write(f, f.name)
+    data = bytearray(z.read_bytes())
+    # Damage the end of the 4th member's deflate stream: the zip's CRC-32 catches it (streamed
+    # reads check it at the member's end); the member is left out, named, and the gap it leaves
+    # is reported like any missing slice.
+    info = zipfile.ZipFile(z).infolist()[3]
+    off = info.header_offset + 30 + len(files[3].name) + info.compress_size - 80
+    data[off: off + 40] = bytes(40)
+    z.write_bytes(bytes(data))
+    result = scan(z)
+    assert [(p.split("!")[-1], c) for p, c, _ in result.skipped] == [(files[3].name, "bad_archive")]
+    assert "CRC" in result.skipped[0][2]
+    got = load_series(result.series[result.chosen])
+    assert "missing_slices" in codes(got)
+
+
+def test_zip_with_8000_members_is_scanned_quickly(tmp_path):
+    z = tmp_path / "many.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for i in range(8000):
+            zf.writestr(f"notes/{i:05d}.txt", b"not dicom")
+    t0 = time.monotonic()
+    with pytest.raises(LoadError) as ei:
+        scan(z)
+    assert ei.value.code == "not_dicom" and "8000 file(s) skipped" in ei.value.message
+    assert time.monotonic() - t0 < 20  # was over 5 minutes (the directory was re-read per member)
+
+
+def test_zip_bomb_members_are_refused_without_unpacking(tmp_path):
+    """A big member of zeros, and a small member whose DICOM header declares 1 GiB of pixels."""
+    import resource
+
+    from tests.io.test_malformed import _ct_small
+
+    vol, files = write(tmp_path / "series")
+    hostile = _ct_small(tmp_path, "huge.dcm", Rows=8192, Columns=8192, NumberOfFrames="8")
+    z = tmp_path / "case.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for f in files:
+            zf.write(f, f"series/{f.name}")
+        with zf.open("zeros.dcm", "w", force_zip64=True) as fh:
+            block = bytes(1 << 20)
+            for _ in range(256):
+                fh.write(block)
+        # The header says 8192 x 8192 x 8 frames of 16 bit = 1 GiB; only the header is in the zip.
+        zf.write(hostile, "huge.dcm")
+    assert z.stat().st_size < 2_000_000
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.monotonic()
+    result = scan(z)
+    got = load_series(result.series[result.chosen])
+    assert time.monotonic() - t0 < 20
+    assert np.array_equal(got.array, vol.array)
+    skipped = {os.path.basename(p.split("!")[-1]): c for p, c, _ in result.skipped}
+    assert skipped == {"zeros.dcm": "too_large"}, result.skipped
+    huge = [s for s in result.series if s.shape[1:] == (8192, 8192)]
+    assert [w.code for w in huge[0].warnings if w.code == "truncated_pixel_data"]
+    with pytest.raises(LoadError) as ei:
+        load_series(huge[0])
+    assert ei.value.code == "truncated_pixel_data" and ei.value.path.endswith("huge.dcm")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 200_000  # KiB: far below 256 MiB
+
+
+def test_folder_scan_skips_devices_fifos_and_links_out_of_the_tree(tmp_path):
+    vol, files = write(tmp_path / "case")
+    case = tmp_path / "case"
+    os.symlink("/dev/zero", case / "zero.dcm")
+    os.mkfifo(case / "pipe.dcm")
+    outside = tmp_path / "outside.dcm"
+    shutil.copy(files[0], outside)
+    os.symlink(outside, case / "link_out.dcm")
+    os.symlink(files[1], case / "link_in.dcm")  # inside the tree: fine (a duplicate of slice 1)
+    t0 = time.monotonic()
+    result = scan(case)
+    assert time.monotonic() - t0 < 20
+    reasons = {Path(p).name: m for p, _, m in result.skipped}
+    assert "outside the folder" in reasons["zero.dcm"]
+    assert "FIFO" in reasons["pipe.dcm"]
+    assert "outside the folder" in reasons["link_out.dcm"]
+    got = load_series(result.series[result.chosen])
+    assert np.array_equal(got.array, vol.array)

@@ -107,3 +107,64 @@ def test_real_jpeg2000_files_decode_like_pydicom(name, malformed_dir):
     path = malformed_dir / name
     ds = pydicom.dcmread(path)
     assert np.array_equal(open_volume(path).array[0], apply_modality_lut(ds.pixel_array, ds))
+
+
+# ------------------------------------------------------------------------------------------
+# The fast header parser against pydicom, on every DICOM file in ../shared/data
+# ------------------------------------------------------------------------------------------
+
+def _dicom_files():
+    from tests.conftest import SHARED
+
+    if not SHARED.exists():
+        return []
+    return sorted(p for p in SHARED.rglob("*") if p.is_file() and p.suffix.lower() in ("", ".dcm")
+                  and p.name not in ("README", "DICOMDIR") and p.stat().st_size > 132)
+
+
+def _norm(v):
+    from pydicom.multival import MultiValue
+
+    if v is None:
+        return ""
+    if isinstance(v, (list, tuple, MultiValue)):
+        vals = [_norm(x) for x in v]
+        return vals[0] if len(vals) == 1 else vals
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return str(v).strip(" \x00")
+
+
+_FILES = _dicom_files()
+
+
+def test_fastheader_is_checked_on_many_real_files():
+    assert len(_FILES) > 100 or not _FILES  # the malformed set, the DICOMDIR tree and the real CT
+
+
+@pytest.mark.parametrize("path", _FILES, ids=[f"{p.parent.name}/{p.name}" for p in _FILES])
+def test_fastheader_agrees_with_pydicom_or_declines(path):
+    """Every value the fast parser keeps equals pydicom's, and so does the pixel data position."""
+    import warnings
+
+    import pydicom
+
+    from sirad_viewer.io import fastheader
+
+    with open(path, "rb") as fh:
+        fast = fastheader.parse(fh, path.stat().st_size)  # must never raise
+    if fast is None:
+        return  # declined: the loader uses pydicom for this file
+    lite, pixel_pos = fast
+    with warnings.catch_warnings(), open(path, "rb") as fh:
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(fh, stop_before_pixels=True)
+        after = fh.tell()
+    for kw, value in lite._values.items():  # noqa: SLF001
+        assert _norm(value) == _norm(ds.get(kw)), f"{kw}: fast {value!r}, pydicom {ds.get(kw)!r}"
+    for kw, _ in fastheader.WANTED.values():
+        assert (kw in lite) == (kw in ds), f"{kw} present in only one of them"
+    assert lite.file_meta["TransferSyntaxUID"] == str(ds.file_meta.TransferSyntaxUID)
+    if pixel_pos is not None:
+        assert pixel_pos == after, "pixel data element found at another offset"
