@@ -176,14 +176,20 @@ class Prim:
             t = np.clip(t, 0.0, 1.0)
             d -= t[..., None] * ab
             return np.einsum("...i,...i->...", d, d) <= self.radii[0] ** 2
-        # elliptic cylinder between a and b
+        # elliptic cylinder between a and b ("vbody": with rounded, slightly waisted walls)
         axis = ab / np.sqrt(L2)
         ex = np.asarray(self.axes[0], np.float32) if self.axes is not None else np.array([1, 0, 0], np.float32)
         ex = ex - (ex @ axis) * axis
         ex /= np.linalg.norm(ex)
         ey = np.cross(axis, ex).astype(np.float32)
         ex = ex.astype(np.float32)
-        return ((t >= 0) & (t <= 1) & (((d @ ex) / self.radii[0]) ** 2 + ((d @ ey) / self.radii[1]) ** 2 <= 1.0))
+        rr = ((d @ ex) / self.radii[0]) ** 2 + ((d @ ey) / self.radii[1]) ** 2
+        if self.kind == "vbody":
+            tc = 2.0 * t - 1.0
+            # waist 8% narrower at mid-height, endplate rims rounded over the last ~12% of the height
+            lim = (1.0 - 0.08 * (1.0 - tc * tc)) * np.sqrt(np.clip(1.0 - np.clip(np.abs(tc) - 0.8, 0, None) ** 2 / 0.04, 0, 1))
+            return (t >= 0) & (t <= 1) & (rr <= lim * lim)
+        return (t >= 0) & (t <= 1) & (rr <= 1.0)
 
 
 def _paint(grid: Grid, pose: Pose, prim: Prim) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
@@ -363,10 +369,10 @@ class _Builder:
         c = base + d5 * 0.0
         for lvl, (h_body, h_disc, rx, ry) in enumerate(((26.0, 11.0, 26.0, 17.5), (27.0, 11.0, 25.0, 17.0))):
             hd = h_disc * r.uniform(0.8, 1.1)
-            discs.append(Prim("ellcyl", c, c + d5 * hd, (rx, ry), ex[None]))
+            discs.append(Prim("vbody", c - d5 * 1.0, c + d5 * (hd + 1.0), (rx * 0.98, ry * 0.98), ex[None]))
             b0 = c + d5 * hd
             b1 = b0 + d5 * h_body * r.uniform(0.95, 1.05)
-            bones.append(Prim("ellcyl", b0, b1, (rx, ry), ex[None]))
+            bones.append(Prim("vbody", b0, b1, (rx, ry), ex[None]))
             mid = (b0 + b1) / 2.0
             for s in (-1, 1):  # pedicles, transverse processes, facets
                 pa = mid + ex * s * 11 + w5 * (ry - 2)
@@ -436,7 +442,7 @@ class _Builder:
         ac_z = min(c[2] for c, _ in lm.acetabula.values())
         return {"a": a, "yc": (ant + post) / 2.0, "b": (post - ant) / 2.0, "fat": fat, "jc_y": jc_y, "ac_z": ac_z,
                 "fat_hu": r.uniform(-115, -85), "muscle_hu": r.uniform(40, 60), "n_bowel": int(r.integers(5, 14)),
-                "n_gas": int(r.integers(2, 9))}
+                "n_gas": int(r.integers(2, 9)), "ph": float(r.uniform(0, 2 * np.pi))}
 
     # -- main ------------------------------------------------------------------------------------
     def build(self) -> Phantom:
@@ -577,15 +583,18 @@ class _Builder:
                                          slice(0, coarse.shape[2]))))
         x, y, z = q[..., 0], q[..., 1], q[..., 2]
         a = st["a"] + np.clip(st["ac_z"] + 20 - z, 0, 80) * 0.25  # a bit wider over the hips
-        e = (np.abs(x) / a) ** 2.2 + (np.abs(y - st["yc"]) / st["b"]) ** 2.2
-        ein = (np.abs(x) / (a - st["fat"])) ** 2.2 + (np.abs(y - st["yc"]) / (st["b"] - st["fat"])) ** 2.2
-        cav = (((x / (0.6 * a)) ** 2 + ((y - (st["jc_y"] - 60)) / (0.4 * st["b"])) ** 2 <= 1)
-               & (z > st["ac_z"] - 35 + 10 * np.sin(x / 25.0)))
+        b = st["b"] + 8.0 * np.sin(z / 40.0 + st["ph"])  # the outline changes along the body
+        yc = st["yc"] + np.clip(st["ac_z"] - z, 0, 60) * 0.3  # buttocks below the joints
+        e = (np.abs(x) / a) ** 2.2 + (np.abs(y - yc) / b) ** 2.2
+        ein = (np.abs(x) / (a - st["fat"])) ** 2.2 + (np.abs(y - yc) / (b - st["fat"])) ** 2.2
+        zc = st["ac_z"] + 60.0
+        cav = ((x / (0.6 * a)) ** 2 + ((y - (st["jc_y"] - 60)) / (0.4 * st["b"])) ** 2
+               + (np.clip(zc - z, 0, None) / 95.0) ** 2 <= 1)
         cls = np.zeros(e.shape, np.uint8)
         cls[e <= 1] = 1
         cls[ein <= 1] = 2
         cls[cav & (ein <= 1)] = 3
-        del q, x, y, z, e, ein, cav
+        del q, x, y, z, e, ein, cav, b, yc
         cls = np.repeat(np.repeat(np.repeat(cls, sz, axis=0), 2, axis=1), 2, axis=2)[
             : grid.shape[0], : grid.shape[1], : grid.shape[2]]
         lut = np.array([-1000.0, st["fat_hu"], st["muscle_hu"], st["fat_hu"] + 15], np.float32)
@@ -595,7 +604,8 @@ class _Builder:
         for _ in range(st["n_bowel"]):
             c = np.array([r.uniform(-70, 70), jc_y - r.uniform(35, 95), r.uniform(st["ac_z"] - 10, 90)])
             rad = tuple(r.uniform(10, 22, size=3))
-            prims.append((Prim("ellipsoid", c, None, rad), float(r.uniform(15, 40))))
+            # value < -1000 marks a loop with mottled faecal content (gas bubbles in it)
+            prims.append((Prim("ellipsoid", c, None, rad), float(r.uniform(15, 40)) if r.random() < 0.5 else -2000.0))
         for _ in range(st["n_gas"]):
             c = np.array([r.uniform(-70, 70), jc_y - r.uniform(40, 100), r.uniform(st["ac_z"], 90)])
             rad = tuple(r.uniform(3, 14, size=3))
@@ -619,13 +629,20 @@ class _Builder:
                 prims.append((Prim("capsule", p0, p1, (rr,)), float(ca_hu)))
                 off = np.array([-s * 4.0, 8.0, 0.0])
                 prims.append((Prim("capsule", p0 + off, p1 + off, (rr + 2.0,)), float(cv_hu)))
+        from scipy import ndimage
+
         for prim, val in prims:
             res = _paint(grid, pose, prim)
             if res is not None:
                 sub = hu[res[0]]
-                inside_body = sub > -900
-                sub[res[1] & inside_body] = val
-                hu[res[0]] = sub
+                m = res[1] & (sub > -900)
+                if val < -1000:  # faeces: soft content with small gas pockets
+                    n = ndimage.gaussian_filter(r.standard_normal(m.shape).astype(np.float32), 1.2 / grid.spacing[::-1])
+                    n /= max(float(n.std()), 1e-6)
+                    vals = np.where(n > 1.3, -850.0, 25.0 + 25.0 * n)
+                    sub[m] = vals[m]
+                else:
+                    sub[m] = val
 
     def _joint(self, grid: Grid, pose: Pose, lm: A.Landmarks, side: str, plan: dict[str, Any],
                bone: dict[str, np.ndarray], hu_ops: list, lesions: list, mimics: list) -> dict[str, Any]:
