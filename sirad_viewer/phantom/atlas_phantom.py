@@ -808,7 +808,7 @@ class _Builder:
             for side in sides:
                 ca, rh, dn = self.fem[side]
                 s = 1.0 if side == "left" else -1.0
-                prims.append(Prim("ellipsoid", ca, None, (rh - 4, rh - 4, rh - 4)))  # head
+                prims.append(Prim("ellipsoid", ca, None, (rh, rh, rh)))  # the head is replaced by the ball
                 ne = ca + dn * 40.0
                 prims.append(Prim("capsule", ca, ne, (7.0,)))
                 prims.append(Prim("capsule", ne, ne + np.array([-s * 10, 0, -130.0]), (6.5,)))  # stem

@@ -258,3 +258,11 @@ def test_cli_writes_an_atlas_phantom(atlas_dir, tmp_path):
 def test_draw_nuisance_refuses_unknown_site():
     with pytest.raises(ValueError, match="atlas-A"):
         draw_nuisance(0, "nowhere")
+
+
+def test_no_truth_in_the_ct_metadata(atlas_phantom):
+    ph = atlas_phantom(3, 1, seed=2)
+    meta = ph.volume.metadata
+    text = " ".join(str(v) for v in vars(meta).values()).lower()
+    assert "grade" not in text and "l3" not in text and "r1" not in text and "lesion" not in text
+    assert "ssm" not in text and "subject" not in text
