@@ -57,7 +57,7 @@ def make_atlas_dataset(out: str | Path, n: int, *, site: str = "atlas-mixed", se
                        val_fraction: float = 0.15, test_fraction: float = 0.15, workers: int | None = None,
                        progress: Callable[[int, int], None] | None = None, atlas_dir: str | Path | None = None,
                        holdout_subjects: Sequence[str] | None = None, ssm_share: float = 0.5,
-                       crop: str = "pelvis", max_voxels: int | None = None, borderline_share: float = 0.1,
+                       crop: str = "pelvis", max_voxels: int | None = 4_000_000, borderline_share: float = 0.1,
                        nuisance: dict[str, Any] | None = None) -> Path:
     """Write ``n`` atlas phantoms and ``DATA.csv`` (split by subject); returns the CSV path."""
     if site not in ATLAS_SITES:

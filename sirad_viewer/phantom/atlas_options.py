@@ -36,8 +36,9 @@ def add_atlas_arguments(p: argparse.ArgumentParser, *, dataset: bool) -> None:
                        help="share of joints labelled with the neighbouring grade (default 0.1)")
     g.add_argument("--crop", choices=("none", "pelvis", "sij"), default="none" if not dataset else "pelvis",
                    help="limit the field of view to the pelvis or to both joints (keeps the pixel size)")
-    g.add_argument("--max-voxels", type=int, default=None,
-                   help="coarsen pixels and slices when a volume would have more voxels")
+    g.add_argument("--max-voxels", type=int, default=4_000_000 if dataset else None,
+                   help="coarsen pixels and slices when a volume would have more voxels "
+                        + ("(default 4000000; 0: no limit)" if dataset else "(default: no limit)"))
 
 
 def _nuisance_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def atlas_spec_from_args(args: argparse.Namespace) -> Any:
                          "(use --pixel, --crop or --max-voxels)")
     return AtlasSpec(left_grade=args.left, right_grade=args.right, seed=args.seed, subject=args.subject,
                      atlas_dir=str(args.atlas_dir or DEFAULT_ATLAS), site=args.site or "atlas-mixed",
-                     crop=args.crop, max_voxels=args.max_voxels, borderline_share=args.borderline_share,
+                     crop=args.crop, max_voxels=args.max_voxels or None, borderline_share=args.borderline_share,
                      nuisance=_nuisance_overrides(args))
 
 
@@ -72,4 +73,4 @@ def atlas_dataset_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.holdout_subjects is not None:
         hold = [s.strip() for s in args.holdout_subjects.split(",") if s.strip()]
     return {"atlas_dir": args.atlas_dir, "holdout_subjects": hold, "ssm_share": args.ssm_share,
-            "crop": args.crop, "max_voxels": args.max_voxels, "borderline_share": args.borderline_share}
+            "crop": args.crop, "max_voxels": args.max_voxels or None, "borderline_share": args.borderline_share}
