@@ -269,7 +269,8 @@ def plan_joint(grade: int, rng: np.random.Generator, borderline_share: float) ->
     if sev >= 2.5 and sev < 3.5 and rng.random() < min(1.0, (sev - 2.3)):
         p["width_change"] = {"kind": str(rng.choice(["widening", "narrowing"])),
                              "r": float(rng.uniform(8, 10 + 10 * (sev - 2.5)))}
-    p["fusion"] = float(np.clip((sev - 3.45) / 0.4, 0.0, 1.0)) if sev >= 3.45 else 0.0  # share of the joint fused
+    # ankylosis over most (>= ~75 %) to all of the contact region; partial fusion is grade 3's bridges
+    p["fusion"] = float(np.clip((sev - 3.5) / 0.4, 0.6, 1.0)) if sev >= 3.5 else 0.0
     return p
 
 

@@ -266,3 +266,24 @@ def test_no_truth_in_the_ct_metadata(atlas_phantom):
     text = " ".join(str(v) for v in vars(meta).values()).lower()
     assert "grade" not in text and "l3" not in text and "r1" not in text and "lesion" not in text
     assert "ssm" not in text and "subject" not in text
+
+
+def _open_share(ph, side):
+    """Share of lines across the joint (normal direction, over the contact region) that cross a gap."""
+    j = ph.truth["joints"][side]
+    c, ax = np.array(j["center_lps_mm"]), np.array(j["axes_lps"])
+    ts = np.arange(-3.0, 3.01, 0.25)
+    opened = []
+    for a in np.arange(-15, 15.1, 3.0):
+        for b in (-4.0, 0.0, 4.0):
+            pts = c + a * ax[0] + b * ax[1] + ts[:, None] * ax[2]
+            _, lab = _sample(ph, pts)
+            opened.append(bool((lab == 0).any()))
+    return float(np.mean(opened))
+
+
+def test_grade_4_fuses_most_of_the_joint_and_grade_0_is_open(atlas_phantom):
+    ph = atlas_phantom(0, 4)
+    assert _open_share(ph, "left") > 0.8
+    assert _open_share(ph, "right") < 0.3
+    assert [les["kind"] for les in ph.truth["lesions"] if les["kind"] == "fusion"] == ["fusion"]
