@@ -595,11 +595,18 @@ class _Builder:
         cls[e <= 1] = 1
         cls[ein <= 1] = 2
         cls[cav & (ein <= 1)] = 3
+        # fascial fat planes between muscles: the zero set of a smooth random field, ~1-2 mm wide
+        from scipy import ndimage
+
+        fld = ndimage.gaussian_filter(r.standard_normal(cls.shape).astype(np.float32), 24.0 / coarse.spacing[::-1])
+        fld /= max(float(fld.std()), 1e-6)
+        cls[(cls == 2) & (np.abs(fld) < 0.05)] = 1
         del q, x, y, z, e, ein, cav, b, yc
         cls = np.repeat(np.repeat(np.repeat(cls, sz, axis=0), 2, axis=1), 2, axis=2)[
             : grid.shape[0], : grid.shape[1], : grid.shape[2]]
         lut = np.array([-1000.0, st["fat_hu"], st["muscle_hu"], st["fat_hu"] + 15], np.float32)
         hu[...] = lut[cls]
+        del cls, fld
         prims: list[tuple[Prim, float]] = []
         jc_y = st["jc_y"]
         for _ in range(st["n_bowel"]):
