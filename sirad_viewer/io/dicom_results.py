@@ -169,6 +169,7 @@ def _finish(ds, description: str, *, laterality: str | None = None):
     from pydicom.dataset import Dataset
 
     ds.SeriesDescription = description[:64]
+    _fill_slice_thickness(ds)
     item = Dataset()
     item.CodingSchemeDesignator = SCHEME
     item.CodingSchemeName = SCHEME_NAME
@@ -177,6 +178,16 @@ def _finish(ds, description: str, *, laterality: str | None = None):
     if laterality is not None:
         ds.Laterality = {"right": "R", "left": "L"}[laterality]
     return ds
+
+
+def _fill_slice_thickness(ds) -> None:
+    """Pixel Measures of a multi-frame object on the CT grid need SliceThickness (Type 1C). highdicom
+    copies it from the source images; a source without one (our exports invent none) leaves it out,
+    and the voxel thickness of the derived grid, its slice spacing, is then the honest value."""
+    for fg in ds.get("SharedFunctionalGroupsSequence", []) or []:
+        for pm in fg.get("PixelMeasuresSequence", []) or []:
+            if "SliceThickness" not in pm and "SpacingBetweenSlices" in pm:
+                pm.SliceThickness = pm.SpacingBetweenSlices
 
 
 # --- AI structured report ---------------------------------------------------------------------
