@@ -175,8 +175,10 @@ def write_dicom_series(
         ds.KVP = str(meta.extra["kvp"]) if meta.extra.get("kvp") else ""
         if meta.convolution_kernel:
             ds.ConvolutionKernel = meta.convolution_kernel
-        if meta.extra.get("patient_position"):
-            ds.PatientPosition = str(meta.extra["patient_position"])
+        # Type 2(C) attributes whose value the source did not give are written empty ("unknown"),
+        # never guessed: PatientPosition (General Series, CT) and Laterality (a pelvis CT covers both sides).
+        ds.PatientPosition = str(meta.extra.get("patient_position") or "")
+        ds.Laterality = ""
         if meta.extra.get("body_part_examined"):
             ds.BodyPartExamined = str(meta.extra["body_part_examined"])
         ds.StudyInstanceUID = study_uid
