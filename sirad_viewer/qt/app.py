@@ -192,6 +192,9 @@ class MainWindow(QtWidgets.QMainWindow):
         st = self.settings.get("window_state")
         if isinstance(st, QtCore.QByteArray):
             self.restoreState(st)
+        from sirad_viewer.qt import reading_tools  # tools, findings, hanging protocol, F1 (#13)
+
+        self.reading_tools = reading_tools.install(self)
 
     # --- construction ------------------------------------------------------------------------
     def _build_docks(self) -> None:
@@ -298,10 +301,11 @@ class MainWindow(QtWidgets.QMainWindow):
     # --- layout --------------------------------------------------------------------------------
     def _layout_cells(self, name: str) -> list[tuple[str, int, int, int, int]]:
         has3d = "3d" in self.views
-        if name == "sij":
-            cells = [("oblique", 0, 0, 2, 1), ("axial", 0, 1, 1, 1), ("coronal", 0, 2, 1, 1), ("sagittal", 1, 1, 1, 1)]
+        if name == "sij":  # a wide main oblique panel over a row of small views (#13)
+            cells = [("oblique", 0, 0, 1, 4 if has3d else 3), ("axial", 1, 0, 1, 1), ("coronal", 1, 1, 1, 1),
+                     ("sagittal", 1, 2, 1, 1)]
             if has3d:
-                cells.append(("3d", 1, 2, 1, 1))
+                cells.append(("3d", 1, 3, 1, 1))
             return cells
         if name == "1x1":
             return [(self.active_view if self.active_view in self.views else "oblique", 0, 0, 1, 1)]
@@ -330,6 +334,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.grid.setColumnStretch(i, 1)
         for i in range(rows):
             self.grid.setRowStretch(i, 1)
+        if self.state.layout == "sij":
+            self.grid.setRowStretch(0, 2)
         self.settings.set("layout", self.state.layout)
 
     def _set_active(self, name: str) -> None:
@@ -650,7 +656,11 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.reading is None or self.reading.ai is None:
             self.statusBar().showMessage("the joints are located by the AI: lock your grades first")
             return
-        self.state.set_crosshair(self.reading.ai.joints[side].box.center_lps_mm)
+        centre = self.reading.ai.joints[side].box.center_lps_mm
+        self.state.set_crosshair(centre)
+        for v in self.views.values():  # a zoomed view must not leave the joint at its edge (#13)
+            if isinstance(v, SliceView) and v.isVisible() and v.focus_point is None:
+                v.center_on(centre)
         self.statusBar().showMessage(f"centred on the {side} sacroiliac joint")
 
     def set_side_by_side(self, on: bool) -> None:
@@ -682,7 +692,8 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.reading is None or self.reading.ai is None:
             return None
         try:
-            out = write_report(path, self.ai_volume, self.reading.ai, self.reading.summary(),
+            out = write_report(path, self.ai_volume, self.reading.ai,
+                               dict(self.reading.summary(), annotations=self.state.annotations.to_dict()),
                                self._get_grader().bundle.metadata)
         except SiradError as exc:
             show_error(self, exc)
