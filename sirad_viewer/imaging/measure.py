@@ -31,7 +31,7 @@ def roi_pixels(volume: Volume, center: np.ndarray, radius_mm: float, right: np.n
     world = img.origin + rr[..., None] * img.down_step + cc[..., None] * img.right_step
     d = world - np.asarray(center, float)
     d -= np.outer((d.reshape(-1, 3) @ plane.normal), plane.normal).reshape(d.shape)  # project into the plane
-    mask = np.linalg.norm(d, axis=-1) <= radius_mm
+    mask = np.linalg.norm(d, axis=-1) <= radius_mm + 1e-6  # a pixel on the circle is inside
     if not inside_volume:
         return np.zeros(0, dtype=img.pixels.dtype)
     return img.pixels[mask]
@@ -44,3 +44,16 @@ def roi_stats(volume: Volume, center: np.ndarray, radius_mm: float, right: np.nd
         return {"mean": float("nan"), "sd": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0.0}
     return {"mean": float(v.mean()), "sd": float(v.std()), "min": float(v.min()), "max": float(v.max()),
             "n": float(v.size)}
+
+
+def line_profile(volume: Volume, p0: np.ndarray, p1: np.ndarray, *, step_mm: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """HU along the segment p0 -> p1 (linear interpolation): (distances from p0 in mm, HU)."""
+    from scipy import ndimage
+
+    p0, p1 = np.asarray(p0, float), np.asarray(p1, float)
+    length = float(np.linalg.norm(p1 - p0))
+    t = np.arange(0.0, length + 1e-9, step_mm)
+    pts = p0 + np.outer(t / max(length, 1e-9), p1 - p0)
+    idx = volume.world_to_index(pts).T
+    hu = ndimage.map_coordinates(volume.array.astype(np.float32), idx, order=1, mode="nearest")
+    return t, hu
