@@ -3,7 +3,7 @@
 On a plane that runs along the volume's array axes the ROI's statistics are over the voxels of
 the slice through the ROI's centre whose centres lie inside the circle (so they equal numpy's
 on the same voxels). On any other plane they are over the plane's pixels (linear
-interpolation, finest voxel size) inside the circle.
+interpolation, finest voxel size, a grid with a pixel on the centre) inside the circle.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ def roi_pixels(volume: Volume, center: np.ndarray, radius_mm: float, right: np.n
     img = rs._axis_aligned(volume, plane)
     if img is None:
         px = float(volume.spacing.min())
-        img = rs.reslice(volume, plane, fov_mm=2 * radius_mm + 2 * px, pixel_mm=px)
+        n = int(np.ceil(radius_mm / px)) + 1  # a (2n+1)^2 grid with its middle pixel on the centre
+        img = rs.reslice(volume, plane, fov_mm=2 * n * px, pixel_mm=px)
         inside_volume = True
     else:
         inside_volume = bool(np.all(np.abs(volume.world_to_index(center) - np.clip(

@@ -38,7 +38,7 @@ def test_roi_on_an_oblique_plane_uses_the_plane_pixels_inside_the_circle(noise):
 
     plane = rs.oblique_coronal(noise.center_world(), [0.0, -0.6, 0.8])
     stats = measure.roi_stats(noise, plane.point, 5.0, plane.right, plane.down)
-    img = rs.reslice(noise, plane, fov_mm=12.0, pixel_mm=0.8)
+    img = rs.reslice(noise, plane, fov_mm=12.8, pixel_mm=0.8)  # 17x17 pixels, the middle one on the centre
     h, w = img.pixels.shape
     rr, cc = np.mgrid[0:h, 0:w]
     world = img.origin + rr[..., None] * img.down_step + cc[..., None] * img.right_step
