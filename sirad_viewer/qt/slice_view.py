@@ -383,7 +383,15 @@ class SliceView(QtWidgets.QWidget):
         if trace is not None:
             a, b = trace
             p.setPen(QtGui.QPen(QtGui.QColor(CROSS_COLOURS["oblique"]), 1.5))
-            p.drawLine(a, b)
+            c = self.world_to_widget(st.crosshair)
+            d = b - a
+            n = float(np.hypot(d.x(), d.y()))
+            if c is None or n == 0:
+                p.drawLine(a, b)
+            else:  # the same gap as the crosshair: the point itself stays visible
+                u = d / n * CROSS_GAP_PX
+                p.drawLine(a, c - u)
+                p.drawLine(c + u, b)
             if self.name == "sagittal":
                 for h in self.oblique_handles():
                     p.setBrush(QtGui.QColor(CROSS_COLOURS["oblique"]))
