@@ -282,6 +282,25 @@ class SliceView(QtWidgets.QWidget):
         p.setPen(QtGui.QColor("#e6e6e6"))
         p.drawText(QtCore.QRectF(x - 40, y0 - 16, 52, 14), QtCore.Qt.AlignmentFlag.AlignRight, "AI 1.0")
         p.drawText(QtCore.QRectF(x - 40, y0 + bh + 2, 52, 14), QtCore.Qt.AlignmentFlag.AlignRight, "0.0")
+        p.save()
+        p.rotate(-90)  # the bar's name along it, so it takes no width
+        p.drawText(QtCore.QRectF(-(y0 + bh), x - 16, bh, 14), QtCore.Qt.AlignmentFlag.AlignHCenter, "Grad-CAM")
+        p.restore()
+        self._draw_box_legend(p, x + 10, y0 + bh + 18)
+
+    def _draw_box_legend(self, p: QtGui.QPainter, right: float, top: float) -> None:
+        """What the joint boxes' colours mean (drawn when the boxes are shown)."""
+        from sirad_viewer.viz.overlay import BOX_COLOURS
+
+        ov = self.state.overlays
+        if not (ov.boxes and ov.boxes_visible):
+            return
+        for i, side in enumerate(("right", "left")):
+            r, g, b = BOX_COLOURS[side]
+            y = top + 14 * i
+            p.setPen(QtGui.QPen(QtGui.QColor(r, g, b), 1.5))
+            p.drawRect(QtCore.QRectF(right - 10, y + 2, 9, 9))
+            p.drawText(QtCore.QRectF(right - 112, y, 98, 14), QtCore.Qt.AlignmentFlag.AlignRight, f"AI box, {side} SIJ")
 
     # --- text and lines --------------------------------------------------------------------------
     def position_text(self) -> str:

@@ -265,3 +265,34 @@ def test_f1_shows_the_shortcut_sheet(win):
     assert sheet is not None and sheet.isVisible()
     assert "Ctrl+Z" in sheet.text() and "ruler" in sheet.text()
     sheet.close()
+
+
+class _Box:
+    def __init__(self, side: str) -> None:
+        self.side = side
+        self.center_lps_mm = np.zeros(3)
+
+    def contains(self, points: np.ndarray) -> np.ndarray:
+        return np.zeros(len(points), bool)
+
+
+def test_heatmap_and_box_colours_have_a_legend(win, qtbot):
+    """#13: heatmap and box colours had no legend."""
+    from sirad_viewer.viz.overlay import BOX_COLOURS
+
+    st = win.state
+    v = win.views["axial"]
+    st.set_overlays(heatmap=st.volume.with_array(np.zeros(st.volume.shape, np.float32)),
+                    boxes=[_Box("right"), _Box("left")])
+    try:
+        qtbot.wait(10)
+        img = v.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB888)
+        ptr = img.constBits()
+        ptr.setsize(img.sizeInBytes())
+        rgb = np.frombuffer(ptr, np.uint8).reshape(img.height(), img.bytesPerLine())[:, : 3 * img.width()]
+        rgb = rgb.reshape(img.height(), img.width(), 3)
+        for side in ("right", "left"):
+            hit = np.all(np.abs(rgb.astype(int) - BOX_COLOURS[side]) <= 2, axis=-1)
+            assert hit[:, v.width() // 2:].sum() > 10, side  # the legend's coloured square, right of centre
+    finally:
+        st.clear_overlays()
