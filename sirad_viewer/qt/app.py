@@ -693,7 +693,8 @@ class MainWindow(QtWidgets.QMainWindow):
             return None
         try:
             out = write_report(path, self.ai_volume, self.reading.ai,
-                               dict(self.reading.summary(), annotations=self.state.annotations.to_dict()),
+                               dict(self.reading.summary(), annotations=self.state.annotations.to_dict(),
+                                    key_images=self.reading_tools.key_images),
                                self._get_grader().bundle.metadata)
         except SiradError as exc:
             show_error(self, exc)

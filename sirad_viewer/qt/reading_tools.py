@@ -42,6 +42,7 @@ class ReadingTools(QtCore.QObject):
         self.cine_speed = 10
         self._cine_dir = 1
         self.sheet: ShortcutSheet | None = None
+        self.key_images: list[dict[str, str]] = []  # {"title", "png_b64"}: the case's key images
         self._build_menus()
         st.volume_changed.connect(lambda *_: QtCore.QTimer.singleShot(0, self.hang))
         st.annotations.changed.connect(self._save_annotations)
@@ -72,6 +73,8 @@ class ReadingTools(QtCore.QObject):
         self._key(t, "Undo", "Ctrl+Z", st.annotations.undo)
         self._key(t, "Redo", "Ctrl+Shift+Z", st.annotations.redo)
         self._key(t, "Remove the last annotation", "Delete", self.remove_last)
+        t.addSeparator()
+        self._key(t, "Key image of the active view (into the case report)", "Ctrl+I", self.capture_key_image)
         d = QtWidgets.QMenu("&Display", win)
         mb.insertMenu(t.menuAction(), d)
         self.cross_action = self._key(d, "Crosshair", "C", lambda: st.set_crosshair_visible(self.cross_action.isChecked()),
@@ -123,6 +126,24 @@ class ReadingTools(QtCore.QObject):
         self.sheet.raise_()
         return self.sheet
 
+    def capture_key_image(self) -> dict[str, str] | None:
+        """The active view as drawn (scale bar, position, window, the reader's marks) for the case report."""
+        import base64
+
+        v = self.active()
+        if self.win.state.volume is None:
+            return None
+        buf = QtCore.QBuffer()
+        buf.open(QtCore.QIODevice.OpenModeFlag.WriteOnly)
+        v.grab().save(buf, "PNG")
+        st = self.win.state
+        title = (f"{v.header_lines()[0]}, W {st.window.width:.0f} L {st.window.level:.0f}, "
+                 f"crosshair ({st.crosshair[0]:.1f}, {st.crosshair[1]:.1f}, {st.crosshair[2]:.1f}) mm LPS")
+        item = {"title": title, "png_b64": base64.b64encode(bytes(buf.data())).decode()}
+        self.key_images.append(item)
+        self.win.statusBar().showMessage(f"key image {len(self.key_images)} kept for the case report")
+        return item
+
     def remove_last(self) -> None:
         items = self.win.state.annotations.items
         if items:
@@ -160,6 +181,7 @@ class ReadingTools(QtCore.QObject):
     def hang(self) -> None:
         """The hanging protocol: SIJ layout, bone window, the oblique plane framing both joints."""
         st = self.win.state
+        self.key_images = []  # a new case
         if st.volume is None:
             return
         if st.layout != HANGING["layout"]:

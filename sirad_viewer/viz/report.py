@@ -71,9 +71,12 @@ def _grade(v: Any) -> str:
 def _findings_html(reading: dict[str, Any] | None) -> list[str]:
     """The reader's findings checklist, suggested grades and measurements (``reading['annotations']``)."""
     ann = (reading or {}).get("annotations")
-    if not ann or not (ann.get("items") or any(ann.get("findings", {}).values())):
-        return []
     e = html.escape
+    keys = [f"<figure><img alt='{e(k['title'])}' src='data:image/png;base64,{k['png_b64']}'>"
+            f"<figcaption>{e(k['title'])}</figcaption></figure>" for k in (reading or {}).get("key_images", [])]
+    keys = (["<h2>Reader's key images</h2>"] + keys) if keys else []
+    if not ann or not (ann.get("items") or any(ann.get("findings", {}).values())):
+        return keys
     out = ["<h2>Reader's findings and measurements</h2><table><tr><th></th><th>Right SIJ</th><th>Left SIJ</th></tr>"]
     f, sg = ann.get("findings", {}), ann.get("suggested_grade", {})
     out.append("<tr><td>findings</td>" + "".join(f"<td>{e(', '.join(f.get(s, [])) or 'none')}</td>" for s in ("right", "left"))
@@ -96,7 +99,7 @@ def _findings_html(reading: dict[str, Any] | None) -> list[str]:
             out.append(f"<li>{e(it['side'])} SIJ: {e(it['lesion'])} ({'point' if len(it['points']) == 1 else 'region'} "
                        f"at {where} mm LPS)</li>")
     out.append("</ul>")
-    return out
+    return out + keys
 
 
 def build_html(volume: Volume, result: Any, reading: dict[str, Any] | None, model_card: dict[str, Any],

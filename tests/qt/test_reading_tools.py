@@ -296,3 +296,14 @@ def test_heatmap_and_box_colours_have_a_legend(win, qtbot):
             assert hit[:, v.width() // 2:].sum() > 10, side  # the legend's coloured square, right of centre
     finally:
         st.clear_overlays()
+
+
+def test_key_image_and_findings_go_into_the_case_report(win):
+    from sirad_viewer.viz.report import _findings_html
+
+    item = win.reading_tools.capture_key_image()
+    assert item is not None and "W 2000" in item["title"] and len(item["png_b64"]) > 1000
+    html = "".join(_findings_html(dict(annotations=win.state.annotations.to_dict(),
+                                       key_images=win.reading_tools.key_images)))
+    assert "Reader's key images" in html and "data:image/png;base64," in html
+    assert "Reader's findings and measurements" in html and "partial ankylosis" in html
