@@ -30,6 +30,7 @@ SHORTCUTS: list[tuple[str, str, str]] = [
     ("E", "lesion mark (kind and side from the Findings panel)", "Tools"),
     ("Esc", "back to navigation", "Tools"),
     ("Delete", "remove the last annotation", "Tools"),
+    ("Ctrl+I", "key image of the active view, into the case report", "Tools"),
     ("Ctrl+Z / Ctrl+Shift+Z", "undo / redo annotations and findings", "Tools"),
     ("Ctrl+T", "patient and series text on / off", "Display"),
     ("F1", "this sheet", "Help"),
