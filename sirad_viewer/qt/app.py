@@ -173,7 +173,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.state.layout_changed.connect(lambda *_: self._apply_layout())
         self.state.volume_changed.connect(lambda *_: self._show_series_info())
         saved_layout = str(self.settings.get("layout", "sij"))
-        self.state.set_layout(saved_layout if saved_layout in LAYOUTS and saved_layout != "joints" else "sij")
+        self.state.set_layout(saved_layout if saved_layout in LAYOUTS and saved_layout not in ("joints", "prior") else "sij")
         self._apply_layout()
         self._worker: workers.Worker | None = None
         self._ai_worker: workers.Worker | None = None
@@ -313,6 +313,8 @@ class MainWindow(QtWidgets.QMainWindow):
             return [("oblique", 0, 0, 1, 1), ("axial", 0, 1, 1, 1)]
         if name == "joints":
             return [("joint-right", 0, 0, 1, 1), ("joint-left", 0, 1, 1, 1)]
+        if name == "prior" and "prior" in self.views:  # current and prior side by side (qt/prior.py)
+            return [("oblique", 0, 0, 1, 1), ("prior", 0, 1, 1, 1)]
         return [("axial", 0, 0, 1, 1), ("coronal", 0, 1, 1, 1), ("sagittal", 1, 0, 1, 1),
                 ("3d" if has3d else "oblique", 1, 1, 1, 1)]
 

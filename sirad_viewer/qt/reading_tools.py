@@ -43,6 +43,9 @@ class ReadingTools(QtCore.QObject):
         self._cine_dir = 1
         self.sheet: ShortcutSheet | None = None
         self.key_images: list[dict[str, str]] = []  # {"title", "png_b64"}: the case's key images
+        from sirad_viewer.qt.prior import PriorComparison
+
+        self.prior = PriorComparison(win)
         self._build_menus()
         st.volume_changed.connect(lambda *_: QtCore.QTimer.singleShot(0, self.hang))
         st.annotations.changed.connect(self._save_annotations)
@@ -89,6 +92,10 @@ class ReadingTools(QtCore.QObject):
         self._key(d, "Cine play / stop", "Space", self.toggle_cine)
         self._key(d, "Cine slower", "[", lambda: self.set_cine_speed(-1))
         self._key(d, "Cine faster", "]", lambda: self.set_cine_speed(+1))
+        d.addSeparator()
+        self._key(d, "Open prior CT for comparison (registered, linked)...", None, self.prior.open_dialog)
+        self.mirror_action = self._key(d, "Mirror the prior left-right", None,
+                                       lambda: self.prior.set_mirrored(self.mirror_action.isChecked()), checkable=True)
         d.addSeparator()
         ob = d.addMenu("Oblique plane")
         grp = QtGui.QActionGroup(ob)

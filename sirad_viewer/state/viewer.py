@@ -18,7 +18,7 @@ from sirad_viewer.imaging.volume import Volume
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("sij", "1x1", "1x2", "2x2", "joints")
+LAYOUTS = ("sij", "1x1", "1x2", "2x2", "joints", "prior")
 VIEW_NAMES = ("axial", "coronal", "sagittal", "oblique")
 TOOLS = ("navigate", "ruler", "angle", "roi", "lesion")
 # a proposed oblique plane must tilt its sacral axis this much from craniocaudal (degrees) and

@@ -307,3 +307,40 @@ def test_key_image_and_findings_go_into_the_case_report(win):
                                        key_images=win.reading_tools.key_images)))
     assert "Reader's key images" in html and "data:image/png;base64," in html
     assert "Reader's findings and measurements" in html and "partial ankylosis" in html
+
+
+def test_prior_side_by_side_linked_in_patient_coordinates(win, qtbot):
+    from sirad_viewer.imaging.registration import RigidTransform
+
+    st = win.state
+    cur = st.volume
+    t = np.deg2rad(5.0)
+    rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1.0]])
+    c = cur.center_world()
+    shift = np.array([10.0, -6.0, 4.0])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ cur.affine[:3, :3]
+    aff[:3, 3] = rot @ (cur.affine[:3, 3] - c) + c + shift
+    prior = cur.with_array(cur.array, aff)  # the same anatomy, moved: as a registration would find
+    tx = RigidTransform(rot, c + shift - rot @ c)
+    cmp_ = win.reading_tools.prior
+    cmp_.show(prior, tx)
+    qtbot.wait(20)
+    try:
+        assert st.layout == "prior" and cmp_.view.isVisible() and win.views["oblique"].isVisible()
+        st.set_crosshair(np.array(win.phantom.truth["joints"]["left"]["center_lps_mm"]))
+        assert np.allclose(cmp_.state.crosshair, tx.apply(st.crosshair), atol=1e-6)
+        # the same anatomy under both crosshairs
+        from sirad_viewer.imaging.reslice import reslice
+
+        a = reslice(st.volume, st.plane("oblique"), fov_mm=40, pixel_mm=1.0).pixels.astype(float)
+        b = reslice(cmp_.state.volume, cmp_.state.plane("oblique"), fov_mm=40, pixel_mm=1.0).pixels.astype(float)
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.95
+        cmp_.set_mirrored(True)
+        v = cmp_.view
+        p = v.world_to_widget(cmp_.state.crosshair)
+        assert np.allclose(v.widget_to_world(p), cmp_.state.crosshair, atol=1e-6)
+    finally:
+        cmp_.set_mirrored(False)
+        cmp_.close_prior()
+    assert st.layout == "sij"
