@@ -73,6 +73,27 @@ def main(out: str) -> int:
     win.export_window(str(out_dir / "reading-tools.png"))
     win.export_view(str(out_dir / "oblique-ruler-roi.png"), "oblique")
     win.export_view(str(out_dir / "reference-lines-sagittal.png"), "sagittal")
+    # a prior: the demo CT moved (6 degrees, 12 mm) and resampled on another grid, then registered back
+    from sirad_viewer.imaging.registration import register_rigid
+    from sirad_viewer.imaging.volume import resample_to
+
+    cur = st.volume
+    t = np.deg2rad(6.0)
+    rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1.0]])
+    cw = cur.center_world()
+    moved = np.eye(4)
+    moved[:3, :3] = rot @ cur.affine[:3, :3]
+    moved[:3, 3] = rot @ (cur.affine[:3, 3] - cw) + cw + np.array([8.0, -6.0, 6.0])
+    prior = cur.with_array(cur.array, moved)
+    grid = cur.affine.copy()
+    grid[:3, 3] -= 10.0
+    prior = resample_to(prior, grid, tuple(int(n) for n in np.array(cur.shape) + 6), order=1)
+    tx = register_rigid(cur, prior)
+    win.reading_tools.prior.show(prior, tx)
+    for _ in range(5):
+        app.processEvents()
+    win.export_layout(str(out_dir / "prior-side-by-side.png"))
+    print(f"prior registered: {tx.angle_deg:.2f} deg (6 applied)")
     print("written:", ", ".join(p.name for p in sorted(out_dir.glob("*.png"))))
     win.close()
     return 0

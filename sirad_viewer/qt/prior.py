@@ -33,6 +33,17 @@ class PriorView(SliceView):
         super().__init__(state, "oblique")
         self.mirrored = False
         self.caption = "PRIOR"
+        self.source: tuple[ViewerState, RigidTransform] | None = None  # the current case and the registration
+
+    def plane(self):
+        """The current case's oblique plane carried into the prior by the registration."""
+        if self.source is None:
+            return super().plane()
+        from sirad_viewer.imaging.reslice import SlicePlane
+
+        main, tx = self.source
+        pl = main.plane("oblique")
+        return SlicePlane(tx.apply(pl.point), tx.rotation @ pl.right, tx.rotation @ pl.down, "oblique")
 
     def image_transform(self) -> QtGui.QTransform:
         t = super().image_transform()
@@ -97,13 +108,30 @@ class PriorComparison(QtCore.QObject):
 
     def show(self, prior, tx: "RigidTransform") -> None:
         self.transform = tx
+        self.view.source = (self.win.state, tx)
         self.state.set_volume(prior)
         w = self.win.state.window
         self.state.set_window(w.width, w.level, w.preset)
         self.sync()
         self.win.state.set_layout("prior")
+        QtWidgets.QApplication.processEvents()
+        self.frame()
         self.win.statusBar().showMessage(f"prior registered: {tx.angle_deg:.1f}° rotation, "
                                          f"{np.linalg.norm(tx.translation):.1f} mm shift (rigid, pelvis)")
+
+    def frame(self, zoom: float = 2.0) -> None:
+        """The same zoom in both views, each centred on its crosshair (the same anatomy)."""
+        main = self.win.views["oblique"]
+        main.zoom, main.pan = zoom, QtCore.QPointF(0, 0)
+        main.center_on(self.win.state.crosshair)
+        img_m, img_p = main.slice_image(), self.view.slice_image()
+        if img_m is None or img_p is None:
+            return
+        px_per_mm = main.image_transform().m11() / img_m.pixel_mm[1]
+        self.view.zoom, self.view.pan = 1.0, QtCore.QPointF(0, 0)
+        base = self.view.image_transform().m11() / img_p.pixel_mm[1]
+        self.view.zoom = float(px_per_mm / base)  # the same mm per screen pixel in both views
+        self.view.center_on(self.state.crosshair)
 
     def sync(self) -> None:
         """Put the prior's crosshair and sacral axis on the current case's, through the registration."""
@@ -122,5 +150,6 @@ class PriorComparison(QtCore.QObject):
 
     def close_prior(self) -> None:
         self.transform = None
+        self.view.source = None
         if self.win.state.layout == "prior":
             self.win.state.set_layout("sij")
