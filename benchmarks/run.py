@@ -141,6 +141,7 @@ def main() -> int:
 
     big = viewer.big_ct()
     rows += viewer.slice_rendering(big)
+    rows += viewer.wheel_burst(big)
     rows += viewer.open_to_first_image(unc)
     rows += viewer.mesh_on_screen(big)
     import grade  # noqa: E402

@@ -89,6 +89,14 @@ def slice_rendering(vol) -> list[dict]:
         rows.append({"name": f"render {name} slice {h}x{w} (reslice+LUT+QImage)", "ours": round(t_o, 2),
                      "baseline": round(t_b, 2), "baseline_name": "scipy map_coordinates(order=1) + float windowing",
                      "ratio": round(t_b / t_o, 1), "unit": "ms"})
+    # the oblique plane alone, by interpolation (#13: linear must stay <= 3 ms at 513x513)
+    plane, fov = planes["oblique"], 512 * float(vol.spacing[1:].min())
+    px = float(vol.spacing[1:].min())
+    for interp in ("nearest", "linear", "cubic"):
+        t_o = _median_ms(lambda: rs.reslice(vol, plane, fov_mm=fov, pixel_mm=px, interp=interp))
+        shape = rs.reslice(vol, plane, fov_mm=fov, pixel_mm=px, interp=interp).pixels.shape
+        rows.append({"name": f"reslice oblique {shape[0]}x{shape[1]} {interp}", "ours": round(t_o, 2),
+                     "baseline": None, "baseline_name": "(budget: linear <= 3 ms)", "ratio": None, "unit": "ms"})
     return rows
 
 
@@ -116,6 +124,93 @@ def mesh_on_screen(vol) -> list[dict]:
     return [{"name": f"volume {vol.shape[2]}x{vol.shape[1]}x{vol.shape[0]} to bone mesh on screen "
                      f"({m.n_cells} vs {mb.n_cells} triangles)", "ours": round(t_o, 2), "baseline": round(t_b, 2),
              "baseline_name": "pyvista contour + decimate (full resolution)", "ratio": round(t_b / t_o, 1), "unit": "s"}]
+
+
+WHEEL_CHILD = r"""
+import os, sys, time, json
+os.environ["SIRAD_SETTINGS"] = sys.argv[3]
+import numpy as np
+from PyQt6 import QtWidgets, QtCore, QtGui
+app = QtWidgets.QApplication([])
+from sirad_viewer.imaging import Volume
+from sirad_viewer.qt.app import MainWindow
+vol = Volume(np.load(sys.argv[1]), np.load(sys.argv[2]))
+out = {}
+for layout, name in (("1x1", "axial"), ("sij", "oblique"), ("sij", "axial")):
+    win = MainWindow(interactive=False, with_3d=False)
+    win.resize(1400, 900)
+    win.active_view = name
+    win.show()
+    win.state.set_volume(vol)
+    for _ in range(5):
+        app.processEvents()  # the hanging protocol runs first
+    win.state.set_layout(layout)
+    for _ in range(5):
+        app.processEvents()
+    v = win.views[name]
+    moved_at = {}
+    win.state.crosshair_changed.connect(lambda *_: moved_at.__setitem__("paints", v.paint_count))
+    pos = QtCore.QPointF(v.width() / 2, v.height() / 2)
+    res = []
+    for rep in range(3):
+        for direction in (-120, 120):
+            v.repaint()
+            app.processEvents()
+            moved_at.clear()
+            t = time.perf_counter()
+            for _ in range(20):
+                QtCore.QCoreApplication.postEvent(v, QtGui.QWheelEvent(pos, v.mapToGlobal(pos), QtCore.QPoint(0, 0),
+                    QtCore.QPoint(0, direction), QtCore.Qt.MouseButton.NoButton, QtCore.Qt.KeyboardModifier.NoModifier,
+                    QtCore.Qt.ScrollPhase.NoScrollPhase, False))
+            c0 = win.state.crosshair.copy()
+            deadline = time.perf_counter() + 30
+            while time.perf_counter() < deadline:
+                app.processEvents()
+                if "paints" in moved_at and v.paint_count > moved_at["paints"] and v._pending_steps == 0:
+                    break  # the slice after the (last) move is on screen
+            else:
+                raise SystemExit(f"{layout}/{name}: the burst was never drawn")
+            res.append(time.perf_counter() - t)
+    # baseline: one re-slice and paint per wheel step (no coalescing)
+    base = []
+    for rep in range(3):
+        t = time.perf_counter()
+        for _ in range(20):
+            win.state.step_along(v.plane(), 1 if rep % 2 else -1)
+            v.repaint()
+        base.append(time.perf_counter() - t)
+    out[f"{layout}:{name}"] = {"ours": float(np.median(res)), "base": float(np.median(base)), "size": [v.width(), v.height()]}
+    win.close()
+print(json.dumps({"shape": list(vol.shape), **out}))
+"""
+
+
+def wheel_burst(vol) -> list[dict]:
+    """#13: time from a burst of 20 wheel steps to the last slice drawn, 1x1 and SIJ layouts (Qt; under Xvfb or off-screen)."""
+    import os
+
+    arr_p, aff_p = CACHE / "wheel.npy", CACHE / "wheel_affine.npy"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(arr_p, vol.array)
+    np.save(aff_p, vol.affine)
+    env = dict(os.environ)
+    env.setdefault("QT_QPA_PLATFORM", "offscreen")
+    p = subprocess.run([sys.executable, "-c", WHEEL_CHILD, str(arr_p), str(aff_p), str(CACHE / "wheel.ini")],
+                       capture_output=True, text=True, timeout=900, env=env)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr[-2000:])
+    d = json.loads(p.stdout.strip().splitlines()[-1])
+    rows = []
+    for key, r in d.items():
+        if key == "shape":
+            continue
+        layout, view = key.split(":")
+        rows.append({"name": f"20-step wheel burst to last slice drawn, {layout} layout, {view} "
+                             f"{r['size'][0]}x{r['size'][1]} px, {d['shape'][0]} slices",
+                     "ours": round(r["ours"] * 1000, 1), "baseline": round(r["base"] * 1000, 1),
+                     "baseline_name": "one re-slice and paint per step (no coalescing)",
+                     "ratio": round(r["base"] / r["ours"], 1), "unit": "ms"})
+    return rows
 
 
 OPEN_CHILD = r"""

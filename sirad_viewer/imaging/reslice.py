@@ -18,11 +18,22 @@ first pixel and the LPS step of one pixel along rows and columns, so views map t
 the patient and back without knowing how the pixels were made.
 
 For a canonical volume (see :meth:`Volume.reoriented`) the axial, coronal and sagittal planes
-are plain array slices (no interpolation, no copy for axial); other planes are sampled by
-nearest neighbour on a grid of the volume's finest in-plane spacing.
+are plain array slices (no interpolation, no copy for axial); other planes are sampled on a
+grid of the volume's finest in-plane spacing by ``Interp.LINEAR`` (default: trilinear),
+``Interp.CUBIC`` (Catmull-Rom, sharper cortex, slower) or ``Interp.NEAREST``, optionally as a
+slab (``thickness_mm`` with ``Slab.MEAN``, ``Slab.MIP`` or ``Slab.MINIP``).
+
+Speed: the oblique coronal plane keeps the left-right direction along the volume's columns, so
+each output row is a weighted sum of a few whole voxel rows (bilinear or bicubic in the
+slice/row axes, then a constant sub-voxel shift along the columns). That path is written here
+rather than calling ``scipy.ndimage.map_coordinates`` because it is several times faster for
+this plane (513x513 in under 3 ms) and needs no spline pre-filter of the whole volume. Other
+planes use a general trilinear sampler (cubic there falls back to map_coordinates on the
+sub-volume the plane crosses).
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +41,22 @@ import numpy as np
 from sirad_viewer.imaging.volume import Volume
 
 AIR_HU = -1024
+
+
+class Interp(str, enum.Enum):
+    """How off-grid planes are sampled."""
+
+    NEAREST = "nearest"
+    LINEAR = "linear"
+    CUBIC = "cubic"
+
+
+class Slab(str, enum.Enum):
+    """How a thick slab is projected onto the plane."""
+
+    MEAN = "mean"
+    MIP = "mip"
+    MINIP = "minip"
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -155,14 +182,22 @@ def _axis_aligned(volume: Volume, plane: SlicePlane) -> SliceImage | None:
     return SliceImage(pix, origin, plane.right * sp[ra], plane.down * sp[da])
 
 
-def reslice(volume: Volume, plane: SlicePlane, *, pixel_mm: float | None = None, fov_mm: float | None = None) -> SliceImage:
+def reslice(volume: Volume, plane: SlicePlane, *, pixel_mm: float | None = None, fov_mm: float | None = None,
+            interp: Interp | str = Interp.LINEAR, thickness_mm: float = 0.0, slab: Slab | str = Slab.MEAN) -> SliceImage:
     """The volume's HU on ``plane``.
 
-    Axis-aligned planes of the volume are array slices. Any other plane is sampled by nearest
-    neighbour on a square grid of ``pixel_mm`` (default: the finest voxel size) covering the
-    volume's extent (or a ``fov_mm`` square centred on ``plane.point``).
+    Axis-aligned planes of the volume (without a slab) are array slices. Any other plane is
+    sampled with ``interp`` on a square grid of ``pixel_mm`` (default: the finest voxel size)
+    covering the volume's extent (or a ``fov_mm`` square centred on ``plane.point``).
+    ``thickness_mm`` > 0 projects a slab centred on the plane: planes one finest-voxel apart
+    along the normal, combined by ``slab`` (mean, maximum or minimum intensity).
+
+    Returns
+    -------
+    SliceImage whose ``pixels`` have the volume's dtype, shape (H, W).
     """
-    if pixel_mm is None and fov_mm is None:
+    interp, slab = Interp(interp), Slab(slab)
+    if pixel_mm is None and fov_mm is None and thickness_mm <= 0:
         fast = _axis_aligned(volume, plane)
         if fast is not None:
             return fast
@@ -182,10 +217,146 @@ def reslice(volume: Volume, plane: SlicePlane, *, pixel_mm: float | None = None,
     h = int(np.floor((v1 - v0) / px)) + 1
     origin = plane.point + u0 * plane.right + v0 * plane.down
     right_step, down_step = plane.right * px, plane.down * px
+    if thickness_mm > 0:
+        step = float(sp.min())
+        n = max(1, int(round(thickness_mm / step)))
+        offs = (np.arange(n) - (n - 1) / 2.0) * step
+        acc: np.ndarray | None = None
+        for o in offs:
+            part = _sample(volume, origin + o * plane.normal, right_step, down_step, h, w, interp)
+            if acc is None:
+                acc = part.astype(np.float32) if slab is Slab.MEAN else part
+            elif slab is Slab.MEAN:
+                acc += part
+            elif slab is Slab.MIP:
+                np.maximum(acc, part, out=acc)
+            else:
+                np.minimum(acc, part, out=acc)
+        assert acc is not None
+        if slab is Slab.MEAN:
+            acc = np.rint(acc / len(offs)).astype(volume.array.dtype)
+        return SliceImage(acc, origin, right_step, down_step)
+    return SliceImage(_sample(volume, origin, right_step, down_step, h, w, interp), origin, right_step, down_step)
+
+
+def _sample(volume: Volume, origin: np.ndarray, right_step: np.ndarray, down_step: np.ndarray,
+            h: int, w: int, interp: Interp) -> np.ndarray:
     inv = np.linalg.inv(volume.affine)
     i0 = inv[:3, :3] @ origin + inv[:3, 3]
-    di_c = (inv[:3, :3] @ right_step).astype(np.float32)
-    di_r = (inv[:3, :3] @ down_step).astype(np.float32)
+    di_c = inv[:3, :3] @ right_step
+    di_r = inv[:3, :3] @ down_step
+    if interp is Interp.NEAREST:
+        return _sample_nearest(volume, i0, di_c.astype(np.float32), di_r.astype(np.float32), h, w)
+    if abs(di_c[0]) < 1e-6 and abs(di_c[1]) < 1e-6 and di_c[2] > 0 and abs(di_r[2]) < 1e-6:
+        return _sample_rows(volume, i0, di_r, float(di_c[2]), h, w, cubic=interp is Interp.CUBIC)
+    if interp is Interp.CUBIC:
+        return _sample_scipy(volume, i0, di_c, di_r, h, w, order=3)
+    return _sample_trilinear(volume, i0, di_c, di_r, h, w)
+
+
+def _catmull_rom(f: np.ndarray) -> list[np.ndarray]:
+    """Weights of the four taps at -1, 0, 1, 2 for fractions ``f`` (Catmull-Rom, interpolating)."""
+    f2, f3 = f * f, f * f * f
+    return [(-f3 + 2 * f2 - f) / 2, (3 * f3 - 5 * f2 + 2) / 2, (-3 * f3 + 4 * f2 + f) / 2, (f3 - f2) / 2]
+
+
+def _sample_rows(volume: Volume, i0: np.ndarray, di_r: np.ndarray, scale: float, h: int, w: int, *, cubic: bool) -> np.ndarray:
+    """Planes whose columns run along the volume's columns (the oblique coronal); ``scale``: voxels per pixel."""
+    arr = volume.array
+    S, R, C = arr.shape
+    rows = np.arange(h, dtype=np.float64)
+    k = i0[0] + rows * di_r[0]
+    j = i0[1] + rows * di_r[1]
+    valid = (k >= -0.5) & (k < S - 0.5) & (j >= -0.5) & (j < R - 0.5)
+    kc, jc = np.clip(k, 0, S - 1), np.clip(j, 0, R - 1)
+    k0, j0 = np.floor(kc).astype(np.intp), np.floor(jc).astype(np.intp)
+    fk, fj = (kc - k0).astype(np.float32), (jc - j0).astype(np.float32)
+    if cubic:
+        taps = (-1, 0, 1, 2)
+        wk, wj = _catmull_rom(fk), _catmull_rom(fj)
+    else:
+        taps = (0, 1)
+        wk, wj = [1 - fk, fk], [1 - fj, fj]
+    lines = np.zeros((h, C), np.float32)
+    for a, dk in enumerate(taps):
+        ka = np.clip(k0 + dk, 0, S - 1)
+        for b, dj in enumerate(taps):
+            wgt = (wk[a] * wj[b])[:, None]
+            lines += arr[ka, np.clip(j0 + dj, 0, R - 1)] * wgt
+    # then along the columns: the same taps and weights for every row
+    cpos = i0[2] + np.arange(w) * scale
+    col_ok = (cpos >= -0.5) & (cpos < C - 0.5)
+    cc = np.clip(cpos, 0, C - 1)
+    c0 = np.floor(cc).astype(np.intp)
+    fc = (cc - c0).astype(np.float32)
+    wc = _catmull_rom(fc) if cubic else [1 - fc, fc]
+    out = np.zeros((h, w), np.float32)
+    for t, dc in enumerate(taps):
+        idx = np.clip(c0 + dc, 0, C - 1)
+        if idx[0] + w - 1 == idx[-1] and np.all(np.diff(idx) == 1):
+            out += lines[:, idx[0]:idx[0] + w] * wc[t]
+        else:
+            out += lines[:, idx] * wc[t]
+    res = np.rint(out).astype(arr.dtype) if np.issubdtype(arr.dtype, np.integer) else out.astype(arr.dtype)
+    res[~valid] = AIR_HU
+    res[:, ~col_ok] = AIR_HU
+    return res
+
+
+def _sample_trilinear(volume: Volume, i0: np.ndarray, di_c: np.ndarray, di_r: np.ndarray, h: int, w: int) -> np.ndarray:
+    arr = volume.array
+    shape = arr.shape
+    cols = np.arange(w, dtype=np.float32)
+    rows = np.arange(h, dtype=np.float32)
+    valid = np.ones((h, w), dtype=bool)
+    base = np.zeros((h, w), dtype=np.intp)
+    fr = []
+    stride = (shape[1] * shape[2], shape[2], 1)
+    hi = []
+    for a in range(3):
+        fa = np.add.outer(rows * np.float32(di_r[a]), cols * np.float32(di_c[a]) + np.float32(i0[a]))
+        valid &= (fa >= -0.5) & (fa < shape[a] - 0.5)
+        np.clip(fa, 0, shape[a] - 1, out=fa)
+        ia = np.floor(fa)
+        fr.append(fa - ia)
+        ia = ia.astype(np.intp)
+        hi.append(np.where(ia + 1 < shape[a], stride[a], 0))
+        base += ia * stride[a]
+    flat = arr.reshape(-1)
+    out = np.zeros((h, w), np.float32)
+    for dk in (0, 1):
+        wk = fr[0] if dk else 1 - fr[0]
+        for dj in (0, 1):
+            wj = fr[1] if dj else 1 - fr[1]
+            for di in (0, 1):
+                wi = fr[2] if di else 1 - fr[2]
+                idx = base + dk * hi[0] + dj * hi[1] + di * hi[2]
+                out += flat[idx] * (wk * wj * wi)
+    res = np.rint(out).astype(arr.dtype) if np.issubdtype(arr.dtype, np.integer) else out.astype(arr.dtype)
+    res[~valid] = AIR_HU
+    return res
+
+
+def _sample_scipy(volume: Volume, i0: np.ndarray, di_c: np.ndarray, di_r: np.ndarray, h: int, w: int, *, order: int) -> np.ndarray:
+    from scipy import ndimage
+
+    rr, cc = np.mgrid[0:h, 0:w].astype(np.float64)
+    idx = i0[:, None, None] + rr[None] * di_r[:, None, None] + cc[None] * di_c[:, None, None]
+    shape = np.asarray(volume.shape)
+    valid = np.all((idx >= -0.5) & (idx < shape[:, None, None] - 0.5), axis=0)
+    if not valid.any():
+        return np.full((h, w), AIR_HU, volume.array.dtype)
+    # only the sub-volume the plane crosses is spline-filtered
+    lo = np.maximum(np.floor(idx[:, valid].min(axis=1)).astype(int) - 3, 0)
+    hi = np.minimum(np.ceil(idx[:, valid].max(axis=1)).astype(int) + 4, shape)
+    sub = volume.array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.float32)
+    vals = ndimage.map_coordinates(sub, idx - lo[:, None, None], order=order, mode="nearest")
+    res = np.rint(vals).astype(volume.array.dtype) if np.issubdtype(volume.array.dtype, np.integer) else vals.astype(volume.array.dtype)
+    res[~valid] = AIR_HU
+    return res
+
+
+def _sample_nearest(volume: Volume, i0: np.ndarray, di_c: np.ndarray, di_r: np.ndarray, h: int, w: int) -> np.ndarray:
     cols = np.arange(w, dtype=np.float32)
     rows = np.arange(h, dtype=np.float32)
     shape = volume.shape
@@ -203,4 +374,4 @@ def reslice(volume: Volume, plane: SlicePlane, *, pixel_mm: float | None = None,
         flat += ia
     out = np.full((h, w), AIR_HU, dtype=volume.array.dtype)
     out[valid] = volume.array.reshape(-1)[flat[valid]]
-    return SliceImage(out, origin, right_step, down_step)
+    return out

@@ -176,7 +176,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.state.volume_changed.connect(lambda *_: self._show_series_info())
         self.state.text_changed.connect(lambda *_: self._show_series_info())  # Ctrl+T blanks the Series dock too
         saved_layout = str(self.settings.get("layout", "sij"))
-        self.state.set_layout(saved_layout if saved_layout in LAYOUTS and saved_layout != "joints" else "sij")
+        self.state.set_layout(saved_layout if saved_layout in LAYOUTS and saved_layout not in ("joints", "prior") else "sij")
         self._apply_layout()
         self._worker: workers.Worker | None = None
         self._ai_worker: workers.Worker | None = None
@@ -195,6 +195,9 @@ class MainWindow(QtWidgets.QMainWindow):
         st = self.settings.get("window_state")
         if isinstance(st, QtCore.QByteArray):
             self.restoreState(st)
+        from sirad_viewer.qt import reading_tools  # tools, findings, hanging protocol, F1 (#13)
+
+        self.reading_tools = reading_tools.install(self)
 
     # --- construction ------------------------------------------------------------------------
     def _build_docks(self) -> None:
@@ -306,10 +309,11 @@ class MainWindow(QtWidgets.QMainWindow):
     # --- layout --------------------------------------------------------------------------------
     def _layout_cells(self, name: str) -> list[tuple[str, int, int, int, int]]:
         has3d = "3d" in self.views
-        if name == "sij":
-            cells = [("oblique", 0, 0, 2, 1), ("axial", 0, 1, 1, 1), ("coronal", 0, 2, 1, 1), ("sagittal", 1, 1, 1, 1)]
+        if name == "sij":  # a wide main oblique panel over a row of small views (#13)
+            cells = [("oblique", 0, 0, 1, 4 if has3d else 3), ("axial", 1, 0, 1, 1), ("coronal", 1, 1, 1, 1),
+                     ("sagittal", 1, 2, 1, 1)]
             if has3d:
-                cells.append(("3d", 1, 2, 1, 1))
+                cells.append(("3d", 1, 3, 1, 1))
             return cells
         if name == "1x1":
             return [(self.active_view if self.active_view in self.views else "oblique", 0, 0, 1, 1)]
@@ -317,6 +321,8 @@ class MainWindow(QtWidgets.QMainWindow):
             return [("oblique", 0, 0, 1, 1), ("axial", 0, 1, 1, 1)]
         if name == "joints":
             return [("joint-right", 0, 0, 1, 1), ("joint-left", 0, 1, 1, 1)]
+        if name == "prior" and "prior" in self.views:  # current and prior side by side (qt/prior.py)
+            return [("oblique", 0, 0, 1, 1), ("prior", 0, 1, 1, 1)]
         return [("axial", 0, 0, 1, 1), ("coronal", 0, 1, 1, 1), ("sagittal", 1, 0, 1, 1),
                 ("3d" if has3d else "oblique", 1, 1, 1, 1)]
 
@@ -338,6 +344,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.grid.setColumnStretch(i, 1)
         for i in range(rows):
             self.grid.setRowStretch(i, 1)
+        if self.state.layout == "sij":
+            self.grid.setRowStretch(0, 2)
         self.settings.set("layout", self.state.layout)
 
     def _set_active(self, name: str) -> None:
@@ -733,7 +741,11 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.reading is None or self.reading.ai is None:
             self.statusBar().showMessage("the joints are located by the AI: lock your grades first")
             return
-        self.state.set_crosshair(self.reading.ai.joints[side].box.center_lps_mm)
+        centre = self.reading.ai.joints[side].box.center_lps_mm
+        self.state.set_crosshair(centre)
+        for v in self.views.values():  # a zoomed view must not leave the joint at its edge (#13)
+            if isinstance(v, SliceView) and v.isVisible() and v.focus_point is None:
+                v.center_on(centre)
         self.statusBar().showMessage(f"centred on the {side} sacroiliac joint")
 
     def set_side_by_side(self, on: bool) -> None:
@@ -768,7 +780,9 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.reading is None or self.reading.ai is None or self.study is not None:
             return None  # nothing before the reveal, and no export from a reader's session
         try:
-            out = write_report(path, self.ai_volume, self.reading.ai, self.reading.summary(),
+            out = write_report(path, self.ai_volume, self.reading.ai,
+                               dict(self.reading.summary(), annotations=self.state.annotations.to_dict(),
+                                    key_images=self.reading_tools.key_images),
                                self._get_grader().bundle.metadata)
         except SiradError as exc:
             show_error(self, exc)

@@ -4,7 +4,14 @@ Pixels come from :func:`sirad_viewer.imaging.reslice.reslice`, go through the wi
 into a greyscale ``QImage``, and the painter's transform does the zoom and the mm aspect ratio.
 Mouse: left sets the crosshair (shift-drag on the sagittal view, or the "sacral axis" mode, draws
 the line along the sacrum that defines the oblique plane), right-drag changes window/level,
-middle-drag pans, wheel scrolls, ctrl+wheel zooms. Keys: arrows and Page Up/Down scroll.
+middle-drag pans, wheel scrolls, ctrl+wheel zooms about the cursor. Keys: arrows and Page
+Up/Down scroll. With a measuring tool active (``state.tool``), left clicks go to
+:class:`sirad_viewer.qt.tools.ToolController` instead.
+
+Wheel steps are coalesced: a burst of wheel events adds up and one re-slice and one paint
+follow (the reslice happens in ``paintEvent``, only for the latest requested slice). The
+text blocks (header, patient text, orientation letters, readout, scale bar) are laid out so
+they never overlap, on dark plates, and the crosshair leaves a gap around its centre.
 """
 from __future__ import annotations
 
@@ -17,6 +24,9 @@ from sirad_viewer.state.viewer import ViewerState
 
 _LETTERS = {0: ("R", "L"), 1: ("A", "P"), 2: ("I", "S")}
 CROSS_COLOURS = {"axial": "#4aa3ff", "coronal": "#5fd35f", "sagittal": "#ff7a59", "oblique": "#e8c547"}
+CROSS_GAP_PX = 14  # the crosshair stops this far from its centre, leaving the point itself visible
+HANDLE_MM = 60.0  # distance of the oblique trace's rotation handles from the crosshair on the sagittal view
+_AXIS_NAMES = {"axial": (2, "z"), "coronal": (1, "y"), "sagittal": (0, "x")}
 
 
 def direction_letters(v: np.ndarray) -> str:
@@ -57,7 +67,10 @@ class SliceView(QtWidgets.QWidget):
         self._grey: np.ndarray | None = None
         self._qimage: QtGui.QImage | None = None
         self._lut = window_lut(state.window.width, state.window.level)
-        self._cursor_text = ""
+        self._cursor_pos: QtCore.QPointF | None = None  # the readout is computed from this at paint time
+        self._pending_steps = 0
+        self.reslice_count = 0  # how many times this view re-sliced (tests and benchmarks)
+        self.paint_count = 0
         self._drag: tuple[str, QtCore.QPointF, object] | None = None
         self._line: tuple[np.ndarray, np.ndarray] | None = None
         state.volume_changed.connect(self._on_volume)
@@ -65,6 +78,11 @@ class SliceView(QtWidgets.QWidget):
         state.window_changed.connect(self._on_window)
         state.oblique_changed.connect(self._invalidate)
         state.text_changed.connect(lambda *_: self.update())
+        state.display_changed.connect(lambda *_: self.update())
+        state.annotations.changed.connect(lambda *_: self.update())
+        from sirad_viewer.qt.tools import ToolController
+
+        self.tools = ToolController(state, self)
         state.overlay_changed.connect(self._on_overlay)
         self._overlay: np.ndarray | None = None
         self._overlay_qimage: QtGui.QImage | None = None
@@ -75,6 +93,8 @@ class SliceView(QtWidgets.QWidget):
     # --- state events ----------------------------------------------------------------------
     def _on_volume(self, *_: object) -> None:
         self.zoom, self.pan = 1.0, QtCore.QPointF(0, 0)
+        self._cursor_pos = None  # nothing of the last case's readout stays
+        self._pending_steps = 0
         self._invalidate()
 
     def _on_crosshair(self, point: np.ndarray) -> None:
@@ -103,6 +123,29 @@ class SliceView(QtWidgets.QWidget):
 
     def _on_overlay(self, *_: object) -> None:
         self._overlay_valid = False
+        self.update()
+
+    def center_on(self, point: np.ndarray) -> None:
+        """Pan (keeping the zoom) so that the LPS point sits at the middle of the view."""
+        p = self.world_to_widget(np.asarray(point, float))
+        if p is None:
+            return
+        self.pan = self.pan + QtCore.QPointF(self.width() / 2 - p.x(), self.height() / 2 - p.y())
+        self.update()
+
+    def zoom_at(self, pos: QtCore.QPointF, factor: float) -> None:
+        """Zoom by ``factor`` keeping the point under ``pos`` where it is."""
+        before = self.widget_to_world(pos)
+        self.zoom = float(np.clip(self.zoom * factor, 0.25, 16.0))
+        if before is not None:
+            after = self.world_to_widget(before)
+            if after is not None:
+                self.pan = self.pan + (pos - after)
+        self.update()
+
+    def reset_view(self) -> None:
+        """Fit the slice to the view (zoom 1, no pan)."""
+        self.zoom, self.pan = 1.0, QtCore.QPointF(0, 0)
         self.update()
 
     def set_focus(self, point: np.ndarray | None, zoom: float = 1.0, caption: str = "") -> None:
@@ -135,7 +178,13 @@ class SliceView(QtWidgets.QWidget):
         if self.state.volume is None:
             return None
         if self._image is None:
-            self._image = rs.reslice(self.state.volume, self.plane())
+            st = self.state
+            if self.name == "oblique":
+                self._image = rs.reslice(st.volume, self.plane(), interp=st.oblique_interp,
+                                         thickness_mm=st.oblique_slab_mm, slab=st.oblique_slab_mode)
+            else:
+                self._image = rs.reslice(st.volume, self.plane())
+            self.reslice_count += 1
             self._grey = None
         return self._image
 
@@ -195,6 +244,7 @@ class SliceView(QtWidgets.QWidget):
 
     # --- painting ------------------------------------------------------------------------------
     def paintEvent(self, event: QtGui.QPaintEvent) -> None:  # noqa: N802 - Qt API
+        self.paint_count += 1
         p = QtGui.QPainter(self)
         p.fillRect(self.rect(), QtGui.QColor("black"))
         grey = self.grey()
@@ -232,55 +282,165 @@ class SliceView(QtWidgets.QWidget):
         p.setPen(QtGui.QColor("#e6e6e6"))
         p.drawText(QtCore.QRectF(x - 40, y0 - 16, 52, 14), QtCore.Qt.AlignmentFlag.AlignRight, "AI 1.0")
         p.drawText(QtCore.QRectF(x - 40, y0 + bh + 2, 52, 14), QtCore.Qt.AlignmentFlag.AlignRight, "0.0")
+        p.save()
+        p.rotate(-90)  # the bar's name along it, so it takes no width
+        p.drawText(QtCore.QRectF(-(y0 + bh), x - 16, bh, 14), QtCore.Qt.AlignmentFlag.AlignHCenter, "Grad-CAM")
+        p.restore()
+        self._draw_box_legend(p, x + 10, y0 + bh + 18)
+
+    def _draw_box_legend(self, p: QtGui.QPainter, right: float, top: float) -> None:
+        """What the joint boxes' colours mean (drawn when the boxes are shown)."""
+        from sirad_viewer.viz.overlay import BOX_COLOURS
+
+        ov = self.state.overlays
+        if not (ov.boxes and ov.boxes_visible):
+            return
+        for i, side in enumerate(("right", "left")):
+            r, g, b = BOX_COLOURS[side]
+            y = top + 14 * i
+            p.setPen(QtGui.QPen(QtGui.QColor(r, g, b), 1.5))
+            p.drawRect(QtCore.QRectF(right - 10, y + 2, 9, 9))
+            p.drawText(QtCore.QRectF(right - 112, y, 98, 14), QtCore.Qt.AlignmentFlag.AlignRight, f"AI box, {side} SIJ")
+
+    # --- text and lines --------------------------------------------------------------------------
+    def position_text(self) -> str:
+        """The slice position: the LPS coordinate along the view's axis (its sign as in the
+        readout), or for the oblique plane the distance of the crosshair along its normal."""
+        c = self.state.crosshair
+        if self.name in _AXIS_NAMES:
+            a, letter = _AXIS_NAMES[self.name]
+            return f"{letter} {c[a]:+.1f} mm"
+        return f"{float(self.plane().normal @ c):+.1f} mm along normal"
+
+    def header_lines(self) -> list[str]:
+        st = self.state
+        title = {"oblique": "oblique coronal"}.get(self.name, self.name)
+        lines = [f"{title}  {self.position_text()}", f"W {st.window.width:.0f}  L {st.window.level:.0f}"]
+        if self.name == "oblique" and st.oblique_slab_mm > 0:
+            lines[-1] += f"  slab {st.oblique_slab_mm:g} mm {st.oblique_slab_mode.upper()}"
+        if self.caption:
+            lines.insert(0, self.caption)
+        if self.name == "oblique" and st.oblique_warning:
+            lines.append("⚠ " + st.oblique_warning)
+        elif self.name == "oblique" and st.sacral_axis is None:
+            lines.append("axis: default 38° (Ctrl+L: drag along the sacrum on the sagittal view)")
+        return lines
+
+    def cursor_readout(self) -> str:
+        """HU and LPS position under the mouse on the slice shown now ("" when off the image)."""
+        if self._cursor_pos is None:
+            return ""
+        hu = self.hu_at(self._cursor_pos)
+        w = self.widget_to_world(self._cursor_pos)
+        if hu is None or w is None:
+            return ""
+        return f"{hu:.0f} HU  ({w[0]:.1f}, {w[1]:.1f}, {w[2]:.1f}) mm LPS"
+
+    def _font(self) -> QtGui.QFont:
+        f = QtGui.QFont(self.font())
+        f.setPointSizeF(9.5)
+        return f
+
+    def text_boxes(self) -> dict[str, tuple[QtCore.QRectF, str, QtCore.Qt.AlignmentFlag]]:
+        """Where each text block goes: name -> (rect, text, alignment); blocks never overlap."""
+        img = self.slice_image()
+        if img is None:
+            return {}
+        st = self.state
+        fm = QtGui.QFontMetricsF(self._font())
+        lh = fm.height()
+        W, H, m = float(self.width()), float(self.height()), 6.0
+        A = QtCore.Qt.AlignmentFlag
+
+        def size(text: str, max_w: float) -> tuple[float, float]:
+            lines = text.split("\n")
+            return min(max_w, max(fm.horizontalAdvance(t) for t in lines) + 6), lh * len(lines) + 2
+
+        boxes: dict[str, tuple[QtCore.QRectF, str, QtCore.Qt.AlignmentFlag]] = {}
+        placed: list[QtCore.QRectF] = []
+
+        def place(name: str, text: str, x: float, y: float, w: float, h: float, align, step: float) -> None:
+            r = QtCore.QRectF(x, y, w, h)
+            for _ in range(40):  # move along ``step`` (down or up) until it clears the others
+                if not any(r.intersects(o) for o in placed):
+                    break
+                r.translate(0, step)
+            placed.append(r)
+            boxes[name] = (r, text, align)
+
+        right = img.right_step / np.linalg.norm(img.right_step)
+        down = img.down_step / np.linalg.norm(img.down_step)
+        head = "\n".join(self.header_lines())
+        hw, hh = size(head, W - 2 * m)
+        place("header", head, m, m, hw, hh, A.AlignLeft, lh)
+        vol = st.volume
+        if st.show_patient_text and vol is not None:
+            md = vol.metadata
+            txt = "\n".join(t for t in (md.patient_name, md.patient_id, md.series_description) if t)
+            if txt:
+                pw, ph = size(txt, W / 2)
+                place("patient", txt, W - m - pw, m, pw, ph, A.AlignRight, lh)
+        for name, vec, x, y, align in (("top", -down, None, m, A.AlignHCenter), ("bottom", down, None, H - m - lh, A.AlignHCenter),
+                                       ("right", right, W - m, H / 2 - lh / 2, A.AlignRight),
+                                       ("left", -right, m, H / 2 - lh / 2, A.AlignLeft)):
+            t = direction_letters(vec)
+            tw, th = size(t, W)
+            xx = (W - tw) / 2 if x is None else (x - tw if name == "right" else x)
+            place(name, t, xx, y, tw, th, align, lh if name != "bottom" else -lh)
+        ro = self.cursor_readout()
+        if ro:
+            rw, rh = size(ro, W - 2 * m)
+            place("readout", ro, m, H - m - rh, rw, rh, A.AlignLeft, -lh)
+        return boxes
 
     def _draw_overlays(self, p: QtGui.QPainter) -> None:
         st = self.state
         img = self.slice_image()
         assert img is not None
-        # crosshair
+        # reference line of the oblique plane (its trace) on the other views, with rotation handles on sagittal
+        trace = self.oblique_trace()
+        if trace is not None:
+            a, b = trace
+            p.setPen(QtGui.QPen(QtGui.QColor(CROSS_COLOURS["oblique"]), 1.5))
+            c = self.world_to_widget(st.crosshair)
+            d = b - a
+            n = float(np.hypot(d.x(), d.y()))
+            if c is None or n == 0:
+                p.drawLine(a, b)
+            else:  # the same gap as the crosshair: the point itself stays visible
+                u = d / n * CROSS_GAP_PX
+                p.drawLine(a, c - u)
+                p.drawLine(c + u, b)
+            if self.name == "sagittal":
+                for h in self.oblique_handles():
+                    p.setBrush(QtGui.QColor(CROSS_COLOURS["oblique"]))
+                    p.drawEllipse(h, 5, 5)
+                p.setBrush(QtCore.Qt.BrushStyle.NoBrush)
+        # crosshair: two lines with a gap around the point, hideable (C)
         c = self.world_to_widget(st.crosshair)
-        if c is not None:
+        if c is not None and st.show_crosshair:
             p.setPen(QtGui.QPen(QtGui.QColor(CROSS_COLOURS.get(self.name, "#fff")), 1, QtCore.Qt.PenStyle.DashLine))
-            p.drawLine(QtCore.QPointF(0, c.y()), QtCore.QPointF(self.width(), c.y()))
-            p.drawLine(QtCore.QPointF(c.x(), 0), QtCore.QPointF(c.x(), self.height()))
-        # the sacral axis line being drawn, or the current one on the sagittal view
+            g = CROSS_GAP_PX
+            for a, b in ((QtCore.QPointF(0, c.y()), QtCore.QPointF(c.x() - g, c.y())),
+                         (QtCore.QPointF(c.x() + g, c.y()), QtCore.QPointF(self.width(), c.y())),
+                         (QtCore.QPointF(c.x(), 0), QtCore.QPointF(c.x(), c.y() - g)),
+                         (QtCore.QPointF(c.x(), c.y() + g), QtCore.QPointF(c.x(), self.height()))):
+                p.drawLine(a, b)
+        # the sacral axis line being drawn
         if self._line is not None:
             a, b = (self.world_to_widget(x) for x in self._line)
             if a is not None and b is not None:
                 p.setPen(QtGui.QPen(QtGui.QColor(CROSS_COLOURS["oblique"]), 2))
                 p.drawLine(a, b)
-        p.setPen(QtGui.QColor("#e6e6e6"))
-        f = p.font()
-        f.setPointSizeF(9.5)
-        p.setFont(f)
-        m = 6
-        # orientation labels: what lies at each screen edge
-        right = img.right_step / np.linalg.norm(img.right_step)
-        down = img.down_step / np.linalg.norm(img.down_step)
-        W, H = self.width(), self.height()
-        p.drawText(QtCore.QRectF(0, H / 2 - 10, W - m, 20), QtCore.Qt.AlignmentFlag.AlignRight, direction_letters(right))
-        p.drawText(QtCore.QRectF(m, H / 2 - 10, 40, 20), QtCore.Qt.AlignmentFlag.AlignLeft, direction_letters(-right))
-        p.drawText(QtCore.QRectF(0, m, W, 20), QtCore.Qt.AlignmentFlag.AlignHCenter, direction_letters(-down))
-        p.drawText(QtCore.QRectF(0, H - 22 - m, W, 20), QtCore.Qt.AlignmentFlag.AlignHCenter, direction_letters(down))
-        # top-left: view, position and window
-        offset = float(self.plane().normal @ st.crosshair)
-        title = {"oblique": "oblique coronal"}.get(self.name, self.name)
-        lines = [f"{title}  {offset:+.1f} mm", f"W {st.window.width:.0f}  L {st.window.level:.0f}"]
-        if self.caption:
-            lines.insert(0, self.caption)
-        if self.name == "oblique" and st.sacral_axis is None:
-            lines.append("axis: default 38° (drag along the sacrum on the sagittal view)")
-        p.drawText(QtCore.QRectF(m, m, W, 60), QtCore.Qt.AlignmentFlag.AlignLeft, "\n".join(lines))
-        # top-right: patient and series (hideable)
-        vol = st.volume
-        if st.show_patient_text and vol is not None:
-            md = vol.metadata
-            txt = "\n".join(t for t in (md.patient_name, md.patient_id, md.series_description) if t)
-            p.drawText(QtCore.QRectF(0, m, W - m, 60), QtCore.Qt.AlignmentFlag.AlignRight, txt)
-        # bottom-left: HU under the cursor
-        if self._cursor_text:
-            p.drawText(QtCore.QRectF(m, H - 22 - m, W, 20), QtCore.Qt.AlignmentFlag.AlignLeft, self._cursor_text)
+        self.tools.draw(p)
+        # text on dark plates, laid out without overlaps
+        p.setFont(self._font())
+        for rect, text, align in self.text_boxes().values():
+            p.fillRect(rect, QtGui.QColor(0, 0, 0, 150))
+            p.setPen(QtGui.QColor("#ffb347") if text.startswith("⚠") or "\n⚠" in text else QtGui.QColor("#e6e6e6"))
+            p.drawText(rect.adjusted(3, 1, -3, 0), align | QtCore.Qt.AlignmentFlag.AlignTop, text)
         # bottom-right: scale bar
+        W, H, m = self.width(), self.height(), 6
         t = self.image_transform()
         px_per_mm = t.m11() / (np.linalg.norm(img.right_step) or 1.0)
         if px_per_mm > 0:
@@ -290,7 +450,38 @@ class SliceView(QtWidgets.QWidget):
             x1 = W - m - 40
             p.setPen(QtGui.QPen(QtGui.QColor("#e6e6e6"), 2))
             p.drawLine(QtCore.QPointF(x1 - L, y), QtCore.QPointF(x1, y))
-            p.drawText(QtCore.QRectF(x1 - L, y + 2, L, 16), QtCore.Qt.AlignmentFlag.AlignHCenter, f"{mm:g} mm")
+            tw = max(L, 64.0)
+            p.drawText(QtCore.QRectF(x1 - L / 2 - tw / 2, y + 2, tw, 20), QtCore.Qt.AlignmentFlag.AlignHCenter, f"{mm:g} mm")
+
+    def oblique_trace(self) -> tuple[QtCore.QPointF, QtCore.QPointF] | None:
+        """The oblique plane's intersection with this view's plane, clipped to the view (widget points)."""
+        if self.name not in ("axial", "sagittal", "coronal") or self.state.volume is None:
+            return None
+        ob, me = self.state.plane("oblique"), self.plane()
+        d = np.cross(ob.normal, me.normal)
+        if np.linalg.norm(d) < 1e-6:
+            return None
+        d /= np.linalg.norm(d)
+        # a point on both planes: the crosshair lies on both
+        c = self.state.crosshair
+        size = float(np.max(np.ptp(self.state.volume.bounds_world(), axis=0))) * 2
+        a, b = self.world_to_widget(c - d * size), self.world_to_widget(c + d * size)
+        if a is None or b is None:
+            return None
+        return a, b
+
+    def oblique_handles(self) -> list[QtCore.QPointF]:
+        """The two rotation handles on the oblique trace (sagittal view), HANDLE_MM from the crosshair."""
+        if self.name != "sagittal" or self.state.volume is None:
+            return []
+        ob = self.state.plane("oblique")
+        c = self.state.crosshair
+        out = []
+        for s in (-1, 1):
+            q = self.world_to_widget(c + s * HANDLE_MM * ob.down)
+            if q is not None:
+                out.append(q)
+        return out
 
     # --- interaction ---------------------------------------------------------------------------
     def hu_at(self, pos: QtCore.QPointF) -> float | None:
@@ -305,9 +496,17 @@ class SliceView(QtWidgets.QWidget):
 
     def mousePressEvent(self, e: QtGui.QMouseEvent) -> None:  # noqa: N802
         self.activated.emit(self.name)
+        self.setFocus()
         pos = e.position()
         b = e.button()
         if b == QtCore.Qt.MouseButton.LeftButton:
+            for h in self.oblique_handles():
+                if (h - pos).manhattanLength() < 12:
+                    self._drag = ("rotate", pos, None)
+                    return
+            if self.state.tool != "navigate" and self.tools.press(pos):
+                self._drag = ("tool", pos, None)
+                return
             drawing = self.name == "sagittal" and (self.axis_mode or e.modifiers() & QtCore.Qt.KeyboardModifier.ShiftModifier)
             if drawing:
                 w = self.widget_to_world(pos)
@@ -332,17 +531,30 @@ class SliceView(QtWidgets.QWidget):
         w = w - n * float((w - cur) @ n)
         self.state.set_crosshair(w)
 
+    def _rotate_to(self, pos: QtCore.QPointF) -> None:
+        """Rotate the oblique plane about the crosshair so that its trace passes through ``pos``."""
+        w = self.widget_to_world(pos)
+        if w is None:
+            return
+        d = w - self.state.crosshair
+        d -= self.plane().normal * float(d @ self.plane().normal)
+        if np.linalg.norm(d) < 5.0:
+            return
+        self.state.set_sacral_axis(d, source="reader")
+
     def mouseMoveEvent(self, e: QtGui.QMouseEvent) -> None:  # noqa: N802
         pos = e.position()
-        hu = self.hu_at(pos)
+        self._cursor_pos = QtCore.QPointF(pos)
         w = self.widget_to_world(pos)
-        self._cursor_text = "" if hu is None or w is None else (
-            f"{hu:.0f} HU  ({w[0]:.1f}, {w[1]:.1f}, {w[2]:.1f}) mm LPS")
         if self._drag is not None:
             kind, start, ref = self._drag
             d = pos - start
             if kind == "cross":
                 self._set_cross(pos)
+            elif kind == "rotate":
+                self._rotate_to(pos)
+            elif kind == "tool":
+                self.tools.move(pos)
             elif kind == "wl":
                 width, level = ref  # type: ignore[misc]
                 self.state.set_window(width * float(np.exp(d.x() / 200.0)), level - d.y() * width / 400.0)
@@ -350,6 +562,12 @@ class SliceView(QtWidgets.QWidget):
                 self.pan = ref + d  # type: ignore[operator]
             elif kind == "axis" and w is not None:
                 self._line = (ref, w)  # type: ignore[assignment]
+        elif self.state.tool != "navigate":
+            self.tools.hover(pos)
+        self.update()
+
+    def leaveEvent(self, e: QtCore.QEvent) -> None:  # noqa: N802
+        self._cursor_pos = None
         self.update()
 
     def mouseReleaseEvent(self, e: QtGui.QMouseEvent) -> None:  # noqa: N802
@@ -358,16 +576,29 @@ class SliceView(QtWidgets.QWidget):
             if np.linalg.norm(b - a) >= 5.0:
                 self.state.set_sacral_axis_from_line(a, b)
             self.axis_mode = False
+        if self._drag is not None and self._drag[0] == "tool":
+            self.tools.release(e.position())
         self._line = None
         self._drag = None
         self.update()
 
     def wheelEvent(self, e: QtGui.QWheelEvent) -> None:  # noqa: N802
-        steps = 1 if e.angleDelta().y() > 0 else -1
+        dy = e.angleDelta().y()
+        if dy == 0:
+            return
+        steps = 1 if dy > 0 else -1
+        self._cursor_pos = QtCore.QPointF(e.position())
         if e.modifiers() & QtCore.Qt.KeyboardModifier.ControlModifier:
-            self.zoom = float(np.clip(self.zoom * (1.15 if steps > 0 else 1 / 1.15), 0.25, 16.0))
-            self.update()
-        else:
+            self.zoom_at(e.position(), 1.15 if steps > 0 else 1 / 1.15)
+            return
+        # coalesce: add the steps up and move once when the queued events are done
+        if self._pending_steps == 0:
+            QtCore.QTimer.singleShot(0, self.flush_scroll)
+        self._pending_steps += steps
+
+    def flush_scroll(self) -> None:
+        steps, self._pending_steps = self._pending_steps, 0
+        if steps:
             self.state.step_along(self.plane(), steps)
 
     def keyPressEvent(self, e: QtGui.QKeyEvent) -> None:  # noqa: N802
@@ -376,5 +607,8 @@ class SliceView(QtWidgets.QWidget):
         steps = {K.Key_Up: 1, K.Key_Down: -1, K.Key_PageUp: 10, K.Key_PageDown: -10}.get(k)
         if steps is not None:
             self.state.step_along(self.plane(), steps)
+        elif k == K.Key_Escape and self.state.tool != "navigate":
+            self.tools.cancel()
+            self.state.set_tool("navigate")
         else:
             super().keyPressEvent(e)

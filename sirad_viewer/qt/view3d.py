@@ -40,9 +40,15 @@ class View3D(QtWidgets.QWidget):
         self.mesh = None
         self._plane_actors: dict[str, object] = {}
         self._cross_actor = None
+        self.marker = None  # the orientation axes (L, P, S), added with the first mesh
         self._press: tuple[int, int] | None = None
-        state.crosshair_changed.connect(lambda *_: self.update_planes())
-        state.oblique_changed.connect(lambda *_: self.update_planes())
+        # crosshair moves come in bursts (scrolling): redraw the planes once per burst, not per step
+        self._planes_timer = QtCore.QTimer(self)
+        self._planes_timer.setSingleShot(True)
+        self._planes_timer.setInterval(30)
+        self._planes_timer.timeout.connect(self.update_planes)
+        state.crosshair_changed.connect(lambda *_: self._planes_timer.start())
+        state.oblique_changed.connect(lambda *_: self._planes_timer.start())
         state.volume_changed.connect(lambda *_: self.clear())
         iren = self.plotter.iren
         iren.add_observer("LeftButtonPressEvent", self._on_press)
@@ -98,7 +104,14 @@ class View3D(QtWidgets.QWidget):
             c = np.array(mesh.center)
             d = max(mesh.length, 1.0)
             self.plotter.camera_position = [tuple(c + np.array([0.0, -1.6 * d, 0.2 * d])), tuple(c), (0.0, 0.0, 1.0)]
+        self.add_orientation_marker()
         self.update_planes()
+
+    def add_orientation_marker(self) -> None:
+        """An orientation cube in the corner, labelled in patient directions (LPS axes)."""
+        if self.marker is not None:
+            return
+        self.marker = self.plotter.add_axes(xlabel="L", ylabel="P", zlabel="S", line_width=3, labels_off=False)
 
     def update_planes(self) -> None:
         import pyvista as pv

@@ -18,8 +18,20 @@ from sirad_viewer.imaging.volume import Volume
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("sij", "1x1", "1x2", "2x2", "joints")
+LAYOUTS = ("sij", "1x1", "1x2", "2x2", "joints", "prior")
 VIEW_NAMES = ("axial", "coronal", "sagittal", "oblique")
+TOOLS = ("navigate", "ruler", "angle", "roi", "lesion")
+# a proposed oblique plane must tilt its sacral axis this much from craniocaudal (degrees) and
+# stay near the mid-sagittal plane; a reader's own axis gave 33 degrees on the demo CT
+OBLIQUE_TILT_RANGE = (10.0, 50.0)
+OBLIQUE_MAX_LATERAL_DEG = 20.0
+
+
+def axis_tilt_deg(direction: np.ndarray) -> tuple[float, float]:
+    """(tilt from craniocaudal, lateral lean) in degrees of an LPS direction (either sense)."""
+    d = np.asarray(direction, float)
+    d = d / np.linalg.norm(d)
+    return (float(np.degrees(np.arccos(min(1.0, abs(d[2]))))), float(np.degrees(np.arcsin(min(1.0, abs(d[0]))))))
 
 
 class Signal:
@@ -86,6 +98,51 @@ class ViewerState:
         self.text_changed = Signal()
         self.overlays = Overlays()
         self.overlay_changed = Signal()
+        # display options (#13): crosshair toggle, oblique interpolation and slab, the active tool
+        self.show_crosshair = True
+        self.display_changed = Signal()
+        self.oblique_interp = "linear"  # nearest | linear | cubic
+        self.oblique_slab_mm = 0.0
+        self.oblique_slab_mode = "mean"  # mean | mip | minip
+        self.oblique_warning = ""  # shown on the oblique view when a proposed plane was refused
+        self.tool = "navigate"  # navigate | ruler | angle | roi | lesion
+        self.lesion_kind = "erosion"
+        self.lesion_side = "right"
+        self.tool_changed = Signal()
+        from sirad_viewer.state.annotations import AnnotationSet  # it imports Signal from here
+
+        self.annotations = AnnotationSet()
+
+    # --- display options -----------------------------------------------------------------------
+    def set_crosshair_visible(self, on: bool) -> None:
+        if bool(on) != self.show_crosshair:
+            self.show_crosshair = bool(on)
+            self.display_changed.emit()
+
+    def set_oblique_render(self, *, interp: str | None = None, slab_mm: float | None = None,
+                           slab_mode: str | None = None) -> None:
+        """Interpolation (nearest, linear, cubic) and slab (thickness in mm, mean/mip/minip) of the oblique view."""
+        if interp is not None:
+            self.oblique_interp = rs.Interp(interp).value
+        if slab_mm is not None:
+            if not np.isfinite(slab_mm) or not 0 <= slab_mm <= 50:
+                raise ValueError(f"slab thickness {slab_mm!r} mm: expected 0 to 50")
+            self.oblique_slab_mm = float(slab_mm)
+        if slab_mode is not None:
+            self.oblique_slab_mode = rs.Slab(slab_mode).value
+        self.oblique_changed.emit()
+
+    def set_tool(self, tool: str, *, lesion_kind: str | None = None, side: str | None = None) -> None:
+        if tool not in TOOLS:
+            raise KeyError(f"unknown tool {tool!r}; known: {', '.join(TOOLS)}")
+        self.tool = tool
+        if lesion_kind is not None:
+            from sirad_viewer.state.annotations import LesionKind
+
+            self.lesion_kind = LesionKind(lesion_kind).value
+        if side is not None:
+            self.lesion_side = side
+        self.tool_changed.emit(tool)
 
     # --- overlays ------------------------------------------------------------------------------
     def set_overlays(self, **changes: Any) -> None:
@@ -114,6 +171,8 @@ class ViewerState:
         self.crosshair = self.volume.center_world()
         self.sacral_axis = None
         self.sacral_axis_source = ""
+        self.oblique_warning = ""
+        self.annotations.clear()  # a new case carries nothing of the last one
         self.volume_changed.emit(self.volume)
         self.crosshair_changed.emit(self.crosshair.copy())
         self.oblique_changed.emit()
@@ -183,13 +242,32 @@ class ViewerState:
             raise ValueError("the line along the sacrum must be at least 5 mm long")
         self.sacral_axis = d / np.linalg.norm(d)
         self.sacral_axis_source = source
+        self.oblique_warning = ""
         mid = (p_a + p_b) / 2.0
         self.crosshair = mid
         self.crosshair_changed.emit(mid.copy())
         self.oblique_changed.emit()
 
     def set_sacral_axis(self, direction: np.ndarray, point: np.ndarray | None = None, *, source: str = "segmentation") -> None:
+        """Set the oblique plane's sacral axis. A proposed (non-reader) axis is validated: one
+        tilted outside :data:`OBLIQUE_TILT_RANGE` from craniocaudal, or leaning sideways, is
+        refused; the reader's axis (or the default plane) stays, and ``oblique_warning`` says why."""
         d = np.asarray(direction, float)
+        if not np.all(np.isfinite(d)) or np.linalg.norm(d) == 0:
+            raise ValueError(f"sacral axis {direction!r} is not a direction")
+        tilt, lean = axis_tilt_deg(d)
+        lo, hi = OBLIQUE_TILT_RANGE
+        if source != "reader" and not (lo <= tilt <= hi and lean <= OBLIQUE_MAX_LATERAL_DEG):
+            kept = "your axis" if self.sacral_axis_source == "reader" else "the default plane (38°)"
+            self.oblique_warning = (f"{source} plane refused: {tilt:.0f}° from craniocaudal "
+                                    f"(expected {lo:.0f}-{hi:.0f}°), lean {lean:.0f}°; showing {kept}")
+            log.warning(self.oblique_warning)
+            if point is not None:
+                self.crosshair = np.asarray(point, float)
+                self.crosshair_changed.emit(self.crosshair.copy())
+            self.oblique_changed.emit()
+            return
+        self.oblique_warning = ""
         self.sacral_axis = d / np.linalg.norm(d)
         self.sacral_axis_source = source
         if point is not None:

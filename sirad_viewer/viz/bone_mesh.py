@@ -49,10 +49,12 @@ def bone_mesh(
     max_triangles: int = MAX_TRIANGLES,
     labels: np.ndarray | None = None,
     downsample: int | None = None,
+    keep_components: int = 6,
+    smooth_iterations: int = 15,
     progress: Callable[[float, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ):
-    """Iso-surface of bone, decimated, in LPS mm.
+    """Iso-surface of bone, cleaned, smoothed and decimated, in LPS mm.
 
     Parameters
     ----------
@@ -65,6 +67,12 @@ def bone_mesh(
         Label map on the volume's grid; vertices get a ``label`` array.
     downsample : int, optional
         Take every n-th voxel first (default: chosen so the volume has <= 32 M voxels).
+    keep_components : int
+        Keep only this many largest connected pieces (the pelvic bones and the spine), and only
+        those with at least 1% of the largest one's triangles: loose fragments (calcifications,
+        table, noise) go. 0 keeps everything.
+    smooth_iterations : int
+        Windowed-sinc smoothing iterations before decimation (0: none).
     """
     import pyvista as pv
     import vtk
@@ -91,6 +99,27 @@ def bone_mesh(
     surf = pv.wrap(fe.GetOutput())
     if cancel and cancel():
         raise CancelledError()
+    if keep_components and surf.n_cells:
+        if progress:
+            progress(0.3, "keeping the largest bone pieces")
+        surf = largest_components(surf, keep_components)
+    if smooth_iterations and surf.n_cells:
+        if progress:
+            progress(0.4, "smoothing the surface")
+        # windowed-sinc smoothing removes the voxel terraces without shrinking the bone
+        clean = vtk.vtkCleanPolyData()
+        clean.SetInputData(surf)
+        clean.Update()
+        sm = vtk.vtkWindowedSincPolyDataFilter()
+        sm.SetInputData(clean.GetOutput())
+        sm.SetNumberOfIterations(int(smooth_iterations))
+        sm.SetPassBand(0.1)
+        sm.BoundarySmoothingOff()
+        sm.FeatureEdgeSmoothingOff()
+        sm.NonManifoldSmoothingOn()
+        sm.NormalizeCoordinatesOn()
+        sm.Update()
+        surf = pv.wrap(sm.GetOutput())
     n_tri = surf.n_cells
     if n_tri > max_triangles:
         if progress:
@@ -122,6 +151,20 @@ def bone_mesh(
     if progress:
         progress(1.0, f"bone surface: {surf.n_cells} triangles")
     return surf
+
+
+def largest_components(surf, keep: int):
+    """The ``keep`` largest connected pieces of a surface with >= 1% of the largest's cells."""
+    import pyvista as pv
+
+    conn = surf.connectivity("all")
+    ids = np.asarray(conn.cell_data["RegionId"])
+    counts = np.bincount(ids)
+    order = np.argsort(-counts)[:keep]
+    order = [int(r) for r in order if counts[r] >= 0.01 * counts.max()]
+    out = conn.extract_cells(np.isin(ids, order)).extract_surface(algorithm="dataset_surface")
+    out.clear_data()
+    return pv.PolyData(out) if not isinstance(out, pv.PolyData) else out
 
 
 def baseline_mesh(volume: Volume, *, level_hu: float = BONE_HU, max_triangles: int = MAX_TRIANGLES):

@@ -68,6 +68,40 @@ def _grade(v: Any) -> str:
     return "-" if v is None else f"{v} ({GRADE_WORDS.get(int(v), '?')})"
 
 
+def _findings_html(reading: dict[str, Any] | None) -> list[str]:
+    """The reader's findings checklist, suggested grades and measurements (``reading['annotations']``)."""
+    ann = (reading or {}).get("annotations")
+    e = html.escape
+    keys = [f"<figure><img alt='{e(k['title'])}' src='data:image/png;base64,{k['png_b64']}'>"
+            f"<figcaption>{e(k['title'])}</figcaption></figure>" for k in (reading or {}).get("key_images", [])]
+    keys = (["<h2>Reader's key images</h2>"] + keys) if keys else []
+    if not ann or not (ann.get("items") or any(ann.get("findings", {}).values())):
+        return keys
+    out = ["<h2>Reader's findings and measurements</h2><table><tr><th></th><th>Right SIJ</th><th>Left SIJ</th></tr>"]
+    f, sg = ann.get("findings", {}), ann.get("suggested_grade", {})
+    out.append("<tr><td>findings</td>" + "".join(f"<td>{e(', '.join(f.get(s, [])) or 'none')}</td>" for s in ("right", "left"))
+               + "</tr>")
+    out.append("<tr><td>grade the findings suggest (the reader's grade is above)</td>"
+               + "".join(f"<td>{_grade(sg.get(s))}</td>" for s in ("right", "left")) + "</tr></table><ul>")
+    for it in ann.get("items", []):
+        k = it.get("kind")
+        if k == "ruler":
+            out.append(f"<li>distance {it['length_mm']:.1f} mm</li>")
+        elif k == "angle":
+            out.append(f"<li>angle {it['degrees']:.1f}°</li>")
+        elif k == "roi":
+            s = it.get("stats", {})
+            if s:
+                out.append(f"<li>ROI r {it['radius_mm']:.1f} mm: mean {s['mean']:.0f} HU, SD {s['sd']:.0f}, "
+                           f"min {s['min']:.0f}, max {s['max']:.0f}, n {int(s['n'])}</li>")
+        elif k == "lesion":
+            where = ", ".join(f"{v:.1f}" for v in it["points"][0])
+            out.append(f"<li>{e(it['side'])} SIJ: {e(it['lesion'])} ({'point' if len(it['points']) == 1 else 'region'} "
+                       f"at {where} mm LPS)</li>")
+    out.append("</ul>")
+    return out + keys
+
+
 def build_html(volume: Volume, result: Any, reading: dict[str, Any] | None, model_card: dict[str, Any],
                *, include_source_path: bool = False) -> str:
     from sirad_viewer.io.deid import source_reference
@@ -101,6 +135,7 @@ def build_html(volume: Volume, result: Any, reading: dict[str, Any] | None, mode
     j = d["joints"]
     parts.append(f"<tr><td>AI ({e(d['model']['name'])} {e(d['model']['version'])})</td><td>{_grade(j['right']['grade'])}</td>"
                  f"<td>{_grade(j['left']['grade'])}</td><td colspan=3>phantom-trained demo model</td></tr></table>")
+    parts.extend(_findings_html(reading))
     parts.append("<h2>AI probabilities</h2><table><tr><th>joint</th>" + "".join(f"<th>grade {g}</th>" for g in range(5))
                  + "<th>3 categories (0-1 / 2-3 / 4)</th></tr>")
     for side in ("right", "left"):

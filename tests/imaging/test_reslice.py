@@ -46,7 +46,7 @@ def test_general_sampler_agrees_with_the_fast_path(ramp):
 
 def test_oblique_pixels_are_the_voxels_at_their_world_positions(ramp):
     plane = rs.oblique_coronal(ramp.center_world(), [0.0, -0.6, 0.8])
-    img = rs.reslice(ramp, plane)
+    img = rs.reslice(ramp, plane, interp="nearest")
     assert abs(float(plane.normal @ plane.right)) < 1e-9 and abs(float(plane.right @ plane.down)) < 1e-9
     rng = np.random.default_rng(0)
     checked = 0
@@ -65,3 +65,52 @@ def test_world_pixel_round_trip(ramp):
     img = rs.reslice(ramp, rs.oblique_coronal(ramp.center_world(), [0, -0.5, 1.0]))
     p = img.world(12.25, 30.5)
     assert np.allclose(img.pixel_of(p), (12.25, 30.5))
+
+
+def _ramp_value(idx: np.ndarray) -> float:
+    return 100 * idx[0] + 10 * idx[1] + idx[2] - 2000
+
+
+@pytest.mark.parametrize("interp", ["linear", "cubic"])
+@pytest.mark.parametrize("axis", [[0.0, -0.6, 0.8], [0.15, -0.5, 0.85]])  # oblique coronal; double oblique
+def test_oblique_is_interpolated_not_nearest_neighbour(ramp, interp, axis):
+    """#13: the oblique view sampled by nearest neighbour (staircase cortex). On a linear ramp,
+    linear and Catmull-Rom interpolation reproduce the ramp's value at every pixel's position."""
+    img = rs.reslice(ramp, rs.oblique_coronal(ramp.center_world(), axis), interp=interp)
+    errs = []
+    m = 1 if interp == "linear" else 3  # a cubic spline's edge handling bends a ramp near the border
+    inner = np.array(ramp.shape) - 1 - m
+    for r in range(0, img.pixels.shape[0], 2):
+        for c in range(0, img.pixels.shape[1], 2):
+            idx = ramp.world_to_index(img.world(r, c))
+            if np.all(idx >= m) and np.all(idx <= inner):
+                errs.append(abs(float(img.pixels[r, c]) - _ramp_value(idx)))
+    assert len(errs) > 40
+    assert max(errs) <= 0.51 if interp == "linear" else max(errs) <= 1.0  # integer rounding only
+
+
+def test_default_oblique_is_linear(ramp):
+    plane = rs.oblique_coronal(ramp.center_world(), [0.0, -0.6, 0.8])
+    assert np.array_equal(rs.reslice(ramp, plane).pixels, rs.reslice(ramp, plane, interp="linear").pixels)
+
+
+def test_slab_mean_mip_minip(ramp):
+    """A slab along the normal: MIP >= mean >= MinIP; on a ramp the mean equals the thin plane."""
+    plane = rs.oblique_coronal(ramp.center_world(), [0.0, -0.6, 0.8])
+    thin = rs.reslice(ramp, plane).pixels.astype(int)
+    mean = rs.reslice(ramp, plane, thickness_mm=5, slab="mean").pixels.astype(int)
+    mip = rs.reslice(ramp, plane, thickness_mm=5, slab="mip").pixels.astype(int)
+    minip = rs.reslice(ramp, plane, thickness_mm=5, slab="minip").pixels.astype(int)
+    inside = (thin > -1024) & (mip > -1024) & (minip > -1024)
+    # restrict to pixels whose whole slab lies inside the volume
+    img = rs.reslice(ramp, plane)
+    ok = np.zeros_like(inside)
+    for r in range(thin.shape[0]):
+        for c in range(thin.shape[1]):
+            if inside[r, c]:
+                ends = [ramp.world_to_index(img.world(r, c) + s * 2.5 * plane.normal) for s in (-1, 1)]
+                ok[r, c] = all(np.all(e >= 1) and np.all(e <= np.array(ramp.shape) - 2) for e in ends)
+    assert ok.sum() > 50
+    assert np.all(mip[ok] >= mean[ok]) and np.all(mean[ok] >= minip[ok])
+    assert np.all(mip[ok] - minip[ok] > 50)  # the slab spans several slices of a steep ramp
+    assert np.abs(mean[ok] - thin[ok]).max() <= 1

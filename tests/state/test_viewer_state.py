@@ -64,3 +64,42 @@ def test_presets_and_layouts():
         st.set_layout("3x3")
     with pytest.raises(ValueError):
         st.set_sacral_axis_from_line([0, 0, 0], [0, 0, 1])
+
+
+def _axis(deg: float) -> np.ndarray:
+    t = np.deg2rad(deg)
+    return np.array([0.0, -np.sin(t), np.cos(t)])
+
+
+def test_a_proposed_oblique_plane_far_from_the_sacrum_is_refused_with_a_warning():
+    """#13: the AI-derived plane on the real CT was 57 degrees from craniocaudal."""
+    from sirad_viewer.imaging import Volume
+
+    st = ViewerState()
+    st.set_volume(Volume(np.zeros((10, 10, 10), np.int16), np.eye(4)))
+    st.set_sacral_axis(_axis(57.0), source="segmentation")
+    assert st.sacral_axis is None and "57°" in st.oblique_warning and "default" in st.oblique_warning
+    st.set_sacral_axis_from_line(np.zeros(3), 40 * _axis(33.0))  # the reader's own axis
+    st.set_sacral_axis(_axis(57.0), source="segmentation")
+    assert np.allclose(st.sacral_axis, _axis(33.0)) and "your axis" in st.oblique_warning
+    st.set_sacral_axis(_axis(35.0) + np.array([0.6, 0, 0]), source="segmentation")  # leaning sideways
+    assert np.allclose(st.sacral_axis, _axis(33.0))
+    st.set_sacral_axis(_axis(30.0), source="segmentation")
+    assert np.allclose(st.sacral_axis, _axis(30.0)) and st.oblique_warning == ""
+
+
+def test_a_new_case_carries_no_annotations_and_oblique_render_settings_are_checked():
+    from sirad_viewer.imaging import Volume
+    from sirad_viewer.state.annotations import Ruler
+
+    st = ViewerState()
+    st.set_volume(Volume(np.zeros((10, 10, 10), np.int16), np.eye(4)))
+    st.annotations.add(Ruler(np.zeros(3), np.ones(3)))
+    st.set_volume(Volume(np.zeros((10, 10, 10), np.int16), np.eye(4)))
+    assert st.annotations.items == []
+    st.set_oblique_render(interp="cubic", slab_mm=5, slab_mode="mip")
+    assert (st.oblique_interp, st.oblique_slab_mm, st.oblique_slab_mode) == ("cubic", 5.0, "mip")
+    with pytest.raises(ValueError):
+        st.set_oblique_render(slab_mm=-1)
+    with pytest.raises(ValueError):
+        st.set_oblique_render(interp="sinc")

@@ -29,3 +29,32 @@ def test_surface_follows_orientation_of_the_stored_array(small_phantom):
     a = bone_mesh(v, max_triangles=10_000)
     b = bone_mesh(flipped, max_triangles=10_000)
     assert np.allclose(np.asarray(a.center), np.asarray(b.center), atol=1.5)
+
+
+def _ball_with_fragments():
+    """A 20 mm bone ball (voxelised: terraced) and eight one-voxel specks around it."""
+    from sirad_viewer.imaging import Volume
+
+    k, j, i = np.mgrid[0:48, 0:48, 0:48]
+    r = np.sqrt((k - 24) ** 2 + (j - 24) ** 2 + (i - 24) ** 2)
+    arr = np.where(r <= 10.3, 1000, -1000).astype(np.int16)
+    for n, (a, b, c) in enumerate([(3, 3, 3), (3, 44, 3), (44, 3, 44), (44, 44, 3), (3, 24, 44), (44, 24, 3),
+                                   (24, 3, 3), (24, 44, 44)]):
+        arr[a, b, c] = 1000
+    return Volume(arr, np.eye(4)), 10.3
+
+
+def test_loose_fragments_are_dropped_and_terraces_smoothed():
+    """#13: the 3D surface was terraced and full of loose fragments."""
+    vol, radius = _ball_with_fragments()
+    raw = bone_mesh(vol, keep_components=0, smooth_iterations=0)
+    ours = bone_mesh(vol)
+    n_raw = len(np.unique(raw.connectivity("all").cell_data["RegionId"]))
+    n_ours = len(np.unique(ours.connectivity("all").cell_data["RegionId"]))
+    assert n_raw == 9 and n_ours == 1
+    c = np.array([24.0, 24.0, 24.0])  # the ball's centre (identity affine)
+    dev_raw = np.linalg.norm(np.asarray(raw.points) - c, axis=1)
+    dev_raw = dev_raw[dev_raw < 15].std()
+    dev_ours = np.linalg.norm(np.asarray(ours.points) - c, axis=1).std()
+    assert dev_ours < 0.75 * dev_raw  # closer to a sphere: the voxel steps are smoothed away
+    assert abs(np.linalg.norm(np.asarray(ours.points) - c, axis=1).mean() - radius) < 1.0  # and not shrunk
