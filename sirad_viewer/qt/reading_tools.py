@@ -14,6 +14,7 @@ from PyQt6 import QtCore, QtGui, QtWidgets
 
 from sirad_viewer.qt.findings import FindingsPanel
 from sirad_viewer.qt.shortcuts import ShortcutSheet
+from sirad_viewer.state.reading import ReadingError
 
 if TYPE_CHECKING:
     from sirad_viewer.qt.app import MainWindow
@@ -224,7 +225,10 @@ class ReadingTools(QtCore.QObject):
         """Keep the case's annotations with its reads (the reads log), so they survive a restart."""
         r = self.win.reading
         if r is not None and self.win.state.volume is not None:
-            r._log("annotations", self.win.state.annotations.to_dict())  # the reads log's one writer
+            try:
+                r.record_annotations(self.win.state.annotations.to_dict())  # the reading owns the record
+            except ReadingError as exc:
+                self.win.statusBar().showMessage(exc.user_message())
 
 
 def install(win: "MainWindow") -> ReadingTools:

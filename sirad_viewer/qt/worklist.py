@@ -18,8 +18,19 @@ class _Table(QtWidgets.QTableWidget):
     KEYS = {QtCore.Qt.Key.Key_Return: "open", QtCore.Qt.Key.Key_Enter: "open", QtCore.Qt.Key.Key_N: "next",
             QtCore.Qt.Key.Key_M: "mark"}
 
+    def _action(self, e: QtGui.QKeyEvent) -> str | None:
+        return self.KEYS.get(QtCore.Qt.Key(e.key())) if not e.modifiers() & ~QtCore.Qt.KeyboardModifier.KeypadModifier else None
+
+    def event(self, e: QtCore.QEvent) -> bool:
+        # The window's one-key tool shortcuts (M ruler, N narrow bone window) would otherwise take
+        # these keys before the list sees them: claim them while the list has the focus.
+        if e.type() == QtCore.QEvent.Type.ShortcutOverride and self._action(e):
+            e.accept()
+            return True
+        return super().event(e)
+
     def keyPressEvent(self, e: QtGui.QKeyEvent) -> None:  # noqa: N802
-        action = self.KEYS.get(QtCore.Qt.Key(e.key())) if not e.modifiers() & ~QtCore.Qt.KeyboardModifier.KeypadModifier else None
+        action = self._action(e)
         if action:
             self.key_action.emit(action)
             e.accept()

@@ -255,6 +255,14 @@ class Reading:
         except ReadingError as exc:
             self.last_error = exc.user_message()
 
+    def record_annotations(self, annotations: dict[str, Any]) -> None:
+        """Keep the reader's measurements, lesion marks and findings with the reads (or the study log).
+
+        Refused while paused, like every other reading step; a write failure is remembered in
+        ``last_error`` and does not stop the reading (the grades are what must be durable)."""
+        self._not_paused("annotate")
+        self._record_soft("annotations", {"annotations": annotations})
+
     # --- the reader's grades -------------------------------------------------------------------
     @property
     def locked(self) -> bool:

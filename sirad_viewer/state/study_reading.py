@@ -59,6 +59,8 @@ class StudySink:
                 kind = {"pause": "paused", "resume": "resumed", "idle": "idle", "back": "resumed"}[event]
                 extra = {"after": "idle"} if event == "back" else {}
                 s.mark(case, kind, **{k: v for k, v in data.items() if k in ("active_s", "after_s")}, **extra)
+            elif event == "annotations":
+                s.annotate(case, data["annotations"])
             # open (the controller opened the case), ai_ready/ai_failed and post comments: not study events
         except ReadingError:
             raise

@@ -286,6 +286,12 @@ class ReaderSession:
         st = self._state(case)
         self._append(case, kind, {"session": st.session, **payload})
 
+    def annotate(self, case: str, annotations: dict[str, Any]) -> None:
+        """Record the reader's measurements, lesion marks and findings (LPS mm) for this case."""
+        st = self._state(case)
+        self._not_paused(st)
+        self._append(case, "annotations", {"session": st.session, "annotations": annotations})
+
     def _not_paused(self, st: CaseState) -> None:
         if st.paused:
             raise StudyError(f"case {st.case}: the reading is paused; resume it first", code="paused")

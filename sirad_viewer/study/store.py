@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 EVENT_KINDS = {"created", "protocol_changed", "order", "opened", "grade_set", "locked", "revealed", "revised",
-               "idle", "resumed", "paused", "closed", "cannot_grade", "session_started"}
+               "idle", "resumed", "paused", "closed", "cannot_grade", "session_started", "annotations"}
 LEASE_TTL_S = 120.0  # a session that has not written or beaten its heart for this long is no longer live
 
 

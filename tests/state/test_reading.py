@@ -194,3 +194,32 @@ def test_no_revision_before_the_reveal_and_policy_is_fixed():
     assert unaided.ai is None
     with pytest.raises(AttributeError):
         unaided.ai_visible_at_once = True  # the policy is decided when the reading is made, not mirrored later
+
+
+def test_annotations_are_kept_with_the_reads_and_refused_while_paused(tmp_path):
+    log = tmp_path / "reads.jsonl"
+    r = Reading("case-a", reader="dr a", log_path=log)
+    marks = {"items": [{"kind": "ruler", "points_lps": [[0, 0, 0], [3, 0, 0]], "length_mm": 3.0}]}
+    r.record_annotations(marks)
+    rec = [json.loads(line) for line in log.read_text().splitlines() if json.loads(line)["event"] == "annotations"]
+    assert rec and rec[-1]["annotations"] == marks and rec[-1]["case"] == "case-a"
+    r.pause()
+    with pytest.raises(ReadingError, match="paused"):
+        r.record_annotations(marks)
+
+
+def test_annotations_go_into_the_study_log(tmp_path):
+    from sirad_viewer.state.study_reading import study_reading
+    from sirad_viewer.study.session import ReaderSession
+    from sirad_viewer.study.store import StudyStore
+    from tests.study.test_store_session import protocol
+
+    store = StudyStore.create(tmp_path / "s.sqlite", protocol())
+    session = ReaderSession(store, "r1")
+    item = session.current()
+    session.open(item["case"])
+    r = study_reading(session, item)
+    marks = {"items": [{"kind": "lesion", "side": "left", "finding": "erosion", "points_lps": [[1, 2, 3]]}]}
+    r.record_annotations(marks)
+    events = [e for e in store.events() if e.kind == "annotations"]
+    assert len(events) == 1 and events[0].payload["annotations"] == marks and events[0].case == item["case"]
