@@ -47,7 +47,7 @@ def add_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
     b = sub.add_parser(
         "batch", help="grade every CT of an archive on a Dask cluster; export and report the results",
         description="sirad batch SOURCE --out RESULTS: grade every series under SOURCE (a folder tree: DICOM and "
-                    "NIfTI/NRRD/MHA; or a CSV with an 'image' column) on a local Dask cluster (--workers) or an "
+                    "NIfTI/NRRD/MHA; a CSV with an 'image' column; or a PACS node with find filters) on a local Dask cluster (--workers) or an "
                     "existing one (--scheduler). Rows are written to RESULTS (SQLite file, or an SQLAlchemy URL such "
                     "as postgresql+psycopg://...) as cases finish; a rerun skips series already there. "
                     "sirad batch export RESULTS --out FILE.csv|FILE.parquet writes the table; "
