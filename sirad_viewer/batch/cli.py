@@ -1,6 +1,7 @@
 """``sirad batch``: the command-line face of the batch package (argument parsing and the progress bar).
 
-``sirad batch SOURCE --out RESULTS``, ``sirad batch export RESULTS --out FILE.csv|FILE.parquet`` and
+``sirad batch SOURCE --out RESULTS`` (SOURCE: a folder, a CSV, or a PACS node with find filters),
+``sirad batch export RESULTS --out FILE.csv|FILE.parquet`` and
 ``sirad batch report RESULTS --out report.html``. A folder literally named ``export`` or ``report``
 is graded with ``sirad batch ./export``.
 """
@@ -46,7 +47,7 @@ def add_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
     b = sub.add_parser(
         "batch", help="grade every CT of an archive on a Dask cluster; export and report the results",
         description="sirad batch SOURCE --out RESULTS: grade every series under SOURCE (a folder tree: DICOM and "
-                    "NIfTI/NRRD/MHA; or a CSV with an 'image' column) on a local Dask cluster (--workers) or an "
+                    "NIfTI/NRRD/MHA; a CSV with an 'image' column; or a PACS node with find filters) on a local Dask cluster (--workers) or an "
                     "existing one (--scheduler). Rows are written to RESULTS (SQLite file, or an SQLAlchemy URL such "
                     "as postgresql+psycopg://...) as cases finish; a rerun skips series already there. "
                     "sirad batch export RESULTS --out FILE.csv|FILE.parquet writes the table; "
@@ -66,6 +67,17 @@ def add_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
     b.add_argument("--segmenter", help="segmentation bundle folder (default: the installed one)")
     b.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
     b.add_argument("--top", type=int, default=50, help="report: likely positives shown with thumbnails (default 50)")
+    p = b.add_argument_group("PACS source", "SOURCE may be a PACS node: a DICOMweb URL (http[s]://host:port/dicom-web) "
+                             "or AET@host:port, parsed as by 'sirad pacs'; credentials from $SIRAD_PACS_USER/"
+                             "$SIRAD_PACS_PASSWORD or $SIRAD_PACS_TOKEN (never printed, logged or stored)")
+    p.add_argument("--patient-id")
+    p.add_argument("--name", help="patient name, * wildcards allowed")
+    p.add_argument("--study-date", help="YYYYMMDD or YYYYMMDD-YYYYMMDD")
+    p.add_argument("--modality", help="e.g. CT (studies holding it; only its series are graded)")
+    p.add_argument("--accession")
+    p.add_argument("--calling-aet", default="SIRAD", help="our AE title (default SIRAD)")
+    p.add_argument("--timeout", type=float, default=30.0, help="PACS network timeout in seconds (default 30)")
+    p.add_argument("--move-port", type=int, help="retrieve by C-MOVE to a storage SCP on this port; default C-GET")
     b.set_defaults(func=func)
 
 
@@ -97,8 +109,37 @@ def _report(results: str, out: str, top: int) -> int:
     return 0
 
 
+_FILTERS = ("patient_id", "name", "study_date", "modality", "accession")
+
+
+def _pacs_source(source: str, args: argparse.Namespace) -> tuple[Any, Any]:
+    """``(node, query)`` when SOURCE names a PACS node and is not an existing path, else ``(source, None)``."""
+    import os
+    import re
+
+    from sirad_viewer.errors import SiradError
+    from sirad_viewer.io import pacs
+
+    filters = {k: getattr(args, k, None) or "" for k in _FILTERS}
+    is_node = not Path(source).exists() and (source.lower().startswith(("http://", "https://"))
+                                             or re.fullmatch(r"[^@\\/]{1,16}@[^@/]+:\d{1,5}", source) is not None)
+    if not is_node:
+        if any(filters.values()):
+            raise SiradError(f"--{'/--'.join(k.replace('_', '-') for k, v in filters.items() if v)} filter(s) only "
+                             f"apply to a PACS SOURCE (a DICOMweb URL or AET@host:port); '{source}' is a path",
+                             code="bad_arguments")
+        return source, None
+    node = pacs.parse_node(source, calling_aet=args.calling_aet, move_port=args.move_port or 0, timeout_s=args.timeout,
+                           username=os.environ.get("SIRAD_PACS_USER", ""),
+                           password=os.environ.get("SIRAD_PACS_PASSWORD", ""),
+                           token=os.environ.get("SIRAD_PACS_TOKEN", ""))
+    return node, pacs.Query(**filters)
+
+
 def _grade(source: str, args: argparse.Namespace) -> int:
     from sirad_viewer.batch.runner import run_batch
+
+    src, query = _pacs_source(source, args)
 
     bar = ProgressBar()
 
@@ -123,7 +164,7 @@ def _grade(source: str, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     mem = None if str(args.memory_limit) in ("0", "none", "None") else args.memory_limit
     try:
-        s = run_batch(source, args.out, workers=args.workers, scheduler=args.scheduler, retry_failed=args.retry_failed,
+        s = run_batch(src, args.out, query=query, workers=args.workers, scheduler=args.scheduler, retry_failed=args.retry_failed,
                       memory_limit=mem, max_retries=args.max_retries, bundle=args.bundle, segmenter=args.segmenter,
                       device=args.device, progress=bar, on_start=started)
     finally:

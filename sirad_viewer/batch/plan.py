@@ -1,4 +1,5 @@
-"""What a batch has to grade: every series under a folder tree, or the ``image`` column of a CSV.
+"""What a batch has to grade: every series under a folder tree, the ``image`` column of a CSV, or
+the series a PACS finds for some filters (:func:`discover_pacs`).
 
 Discovery runs in the client and reads headers only (the loader's :func:`sirad_viewer.io.scan`);
 pixels are read by the workers. Volume files (NIfTI, NRRD, MHA) are not opened here at all: they
@@ -27,9 +28,11 @@ class WorkUnit:
 
     key: str
     source: str
-    kind: str  # "dicom" or "file"
+    kind: str  # "dicom", "file" or "pacs"
     series_uid: str = ""
     description: str = ""
+    study_uid: str = ""  # "pacs": the study the worker retrieves the series from
+    node: Any = None  # "pacs": the io.pacs Node (its credentials are hidden from str/repr, never in a row)
 
 
 @dataclass
@@ -171,4 +174,37 @@ def discover(source: str | Path, *, progress: Callable[[float, str], None] | Non
     for r in plan.failed:
         uniq.setdefault(r["key"], r)
     plan.failed = list(uniq.values())
+    return plan
+
+
+def discover_pacs(node: Any, query: Any = None) -> Plan:
+    """One unit per series of the studies a PACS finds for ``query`` (an :class:`io.pacs.Query`).
+
+    Nothing is retrieved here: each worker retrieves its own series. The key is
+    ``series:<SeriesInstanceUID>``, the same as for a folder, so a series graded from disk is not
+    graded again from the PACS and a rerun retrieves nothing it already has. With a modality in the
+    query (a study-level filter: ``ModalitiesInStudy``) series of other modalities (SR, SEG, ...)
+    of the matching studies are left out.
+
+    Raises
+    ------
+    PacsError
+        When the node cannot be queried (``unreachable``, ``refused``, ``timeout``, ...).
+    """
+    from sirad_viewer.io import pacs
+
+    q = query or pacs.Query()
+    plan = Plan([], [])
+    seen: set[str] = set()
+    for study in pacs.find(node, q):
+        for se in study.series:
+            if q.modality and se.modality and se.modality.upper() != q.modality.upper():
+                continue
+            key = f"series:{se.series_uid}"
+            if key in seen:
+                plan.duplicates += 1
+                continue
+            seen.add(key)
+            plan.units.append(WorkUnit(key=key, source=str(node), kind="pacs", series_uid=se.series_uid,
+                                       description=se.description, study_uid=study.study_uid, node=node))
     return plan

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from sirad_viewer.batch.plan import Plan, WorkUnit, discover
+from sirad_viewer.batch.plan import Plan, WorkUnit, discover, discover_pacs
 from sirad_viewer.batch.store import ResultStore
 from sirad_viewer.errors import SiradError
 
@@ -71,7 +71,7 @@ def progress_line(done: int, total: int, failed: int, elapsed: float) -> str:
     return f"{done}/{total} done, {failed} failed, {rate:.1f} cases/min, {eta}"
 
 
-def run_batch(source: str, results: str, *, workers: int = 2, scheduler: str | None = None,
+def run_batch(source: Any, results: str, *, query: Any = None, workers: int = 2, scheduler: str | None = None,
               retry_failed: bool = False, memory_limit: str | int | None = "4GiB", max_retries: int = 2,
               bundle: str | None = None, segmenter: str | None = None, device: str = "cpu",
               progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None,
@@ -80,8 +80,11 @@ def run_batch(source: str, results: str, *, workers: int = 2, scheduler: str | N
 
     Parameters
     ----------
-    source : str
-        A folder tree or a CSV with an ``image`` column.
+    source : str or io.pacs.Node
+        A folder tree, a CSV with an ``image`` column, or a PACS node (each worker retrieves its
+        series into a temporary folder, grades it and removes it).
+    query : io.pacs.Query, optional
+        The PACS find filters (PACS source only).
     results : str
         SQLite file (WAL) or SQLAlchemy URL.
     workers : int
@@ -102,12 +105,17 @@ def run_batch(source: str, results: str, *, workers: int = 2, scheduler: str | N
     from distributed.client import FutureCancelledError
 
     from sirad_viewer.batch.worker import GraderPlugin, grade_unit
+    from sirad_viewer.io.pacs import Node
 
     prog = progress or (lambda f, m: None)
-    store = ResultStore(results)
     summary = BatchSummary()
     t0 = time.perf_counter()
-    plan: Plan = discover(source, progress=lambda f, m: prog(0.0, m), cancel=cancel)
+    if isinstance(source, Node):
+        prog(0.0, f"querying {source}")
+        plan: Plan = discover_pacs(source, query)
+    else:
+        plan = discover(source, progress=lambda f, m: prog(0.0, m), cancel=cancel)
+    store = ResultStore(results)  # opened after discovery: a dead node or a missing folder leaves no store behind
     done = store.done_keys(retry_failed=retry_failed)
     for row in plan.failed:  # rejected by the scan: written at once, like any finished case
         if row["key"] not in done:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import time
 from typing import Any
 
@@ -128,6 +130,22 @@ def result_row(unit: WorkUnit, volume: Any, res: Any) -> dict[str, Any]:
     }
 
 
+def _retrieve(unit: WorkUnit) -> tuple[str, str]:
+    """Retrieve a ``pacs`` unit's series (complete or nothing, :func:`io.pacs.retrieve`) into a fresh
+    temporary folder; returns ``(series folder, temporary folder to remove)``. A PACS error is raised
+    as it is (a ``failed`` row with its code)."""
+    from sirad_viewer.io import pacs
+
+    tmp = tempfile.mkdtemp(prefix="sirad-batch-")
+    try:
+        res = pacs.retrieve(unit.node, unit.study_uid, os.path.join(tmp, "series"), series_uids=[unit.series_uid],
+                            method="move" if unit.node.move_port else "get")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return res.folder, tmp
+
+
 def grade_unit(unit: WorkUnit, *, bundle: str | None = None, segmenter: str | None = None,
                device: str = "cpu") -> dict[str, Any]:
     """Load and grade one series; return its row (``ok`` or ``failed``), never raise for a bad case."""
@@ -135,12 +153,16 @@ def grade_unit(unit: WorkUnit, *, bundle: str | None = None, segmenter: str | No
 
     t0 = time.perf_counter()
     row: dict[str, Any]
+    tmp: str | None = None
     try:
-        result = scan(unit.source)
+        folder = unit.source
+        if unit.kind == "pacs":
+            folder, tmp = _retrieve(unit)
+        result = scan(folder)
         if unit.kind == "file":
             info = result.series[result.chosen]
         else:
-            found = [s for s in result.series if series_key(s, unit.source) == unit.key]
+            found = [s for s in result.series if series_key(s, folder) == unit.key]
             if not found:
                 raise LoadError(f"series {unit.series_uid or unit.description!r} is no longer in this folder",
                                 code="not_found", path=unit.source)
@@ -160,6 +182,9 @@ def grade_unit(unit: WorkUnit, *, bundle: str | None = None, segmenter: str | No
         log.exception("grading %s failed", unit.source)
         row = {"key": unit.key, "source": unit.source, "status": "failed", "error_code": "internal_error",
                "message": f"{type(exc).__name__}: {exc}"[:2000], "series_uid": unit.series_uid or None}
+    finally:
+        if tmp is not None:  # the retrieved series is graded: remove it, or an archive run fills the disk
+            shutil.rmtree(tmp, ignore_errors=True)
     row["seconds"] = round(time.perf_counter() - t0, 3)
     row["worker"] = _worker_name()
     return row
