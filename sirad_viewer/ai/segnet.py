@@ -92,6 +92,34 @@ class CoarseSegmentation:
     def mask(self, label: int) -> np.ndarray:
         return self.labels == label
 
+    def limit_sacrum(self, point_lps: np.ndarray, normal: np.ndarray) -> int:
+        """Tidy the bones with what the localisation found; returns the number of coarse voxels changed.
+
+        Sacrum beyond the plane (``point_lps``, ``normal`` pointing superior) is lumbar spine, and
+        pieces of sacrum or ilium apart from that bone's main body (a lumbar arch, a speck) are
+        not that bone: both become other bone. Done in the probabilities, so that the label map,
+        the overlay and everything after agree.
+        """
+        from scipy import ndimage
+
+        prob = self.probabilities
+        lab = np.argmax(prob, axis=0)
+        pts = G.geo.index_to_world(self.affine, np.argwhere(np.ones(lab.shape, bool)).astype(float))
+        above = ((pts - np.asarray(point_lps, float)) @ np.asarray(normal, float) > 0).reshape(lab.shape)
+        move = above & (lab == SACRUM)
+        for k in (SACRUM, LEFT_ILIUM, RIGHT_ILIUM):
+            m = (lab == k) & ~move
+            comp, n = ndimage.label(m, structure=np.ones((3, 3, 3)))
+            if n > 1:
+                sizes = np.bincount(comp.ravel())[1:]
+                move |= m & (comp != 1 + int(np.argmax(sizes)))
+        for k in (SACRUM, LEFT_ILIUM, RIGHT_ILIUM):
+            sel = move & (lab == k) if k != SACRUM else (move & (lab == k)) | above
+            prob[OTHER_BONE][sel] += prob[k][sel]
+            prob[k][sel] = 0.0
+        self._labels = None
+        return int(move.sum())
+
 
 def preprocess(volume: Volume, meta: dict[str, Any]) -> Volume:
     """The whole body on the bundle's canonical grid (HU, float32)."""

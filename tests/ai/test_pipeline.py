@@ -118,16 +118,36 @@ def test_fused_joint_graded_above_a_normal_one_and_heatmap_near_lesions(grader):
     assert np.min(np.linalg.norm(lesions - centroid, axis=1)) < 20.0
 
 
-def test_real_ct_joints_on_the_right_sides(grader, real_nifti):
+@pytest.fixture(scope="module")
+def real_result(grader, real_nifti):
     from sirad_viewer.io import open_volume
 
     vol = open_volume(real_nifti)
-    res = grader(vol, heatmaps=False)
+    return vol, grader(vol, heatmaps=False)
+
+
+def test_real_ct_joints_on_the_right_sides(real_result):
+    vol, res = real_result
     l, r = res.joints["left"].box.center_lps_mm, res.joints["right"].box.center_lps_mm
     assert l[0] > r[0] and 50 < l[0] - r[0] < 140  # patient left is +x; joints ~ 8-11 cm apart
     assert 170 < l[2] < 260 and 170 < r[2] < 260  # the joints' levels in this CT (see test_segmentation)
     d = res.to_dict()
     assert set(d) >= {"model", "joints", "patient", "timings_s", "warnings"}
+
+
+def test_real_ct_boxes_hug_the_joints_and_no_lumbar_bone_is_sacrum(real_result):
+    # issue #10: boxes were 43-119 mm long and the L4/L5 arches were labelled sacrum
+    vol, res = real_result
+    for side in ("left", "right"):
+        box = res.joints[side].box
+        assert 35.0 <= box.size_mm[0] <= 75.0, (side, box.size_mm)  # a real auricular surface is ~50-60 mm
+        assert box.size_mm.max() <= 75.0, (side, box.size_mm)
+        assert box.axes_lps[0][2] > 0 and box.axes_lps[1][1] > 0  # long axis superior, AP axis posterior
+        assert box.axes_lps[2][0] * (1 if side == "left" else -1) > 0.7  # normal lateral
+    # in this CT the joints end at z ~ 238 mm and the L5/S1 disc lies at ~ 240 mm (slice index 48-49);
+    # the L5 and L4 arches reach up to ~ 330 mm
+    z = vol.index_to_world(np.argwhere(res.segmentation.labels == SACRUM))[:, 2]
+    assert 230.0 < z.max() < 262.0, z.max()
 
 
 def test_cancel_between_stages(grader):
