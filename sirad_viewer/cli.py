@@ -317,6 +317,14 @@ def cmd_train_segmenter(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if getattr(args, "stress", False):  # the stress sweep (sirad_viewer.ai.stress)
+        from sirad_viewer.ai.stress import stress_sweep
+
+        stress_sweep(args.data, args.out, bundle_path=args.bundle, segmenter_path=args.segmenter,
+                     split="test" if args.split == "auto" else args.split, limit=args.limit, device=args.device)
+        print((Path(args.out) / "stress.md").read_text())
+        print(f"wrote {args.out}/stress.json, stress.md and stress.csv")
+        return 0
     from sirad_viewer.ai.evaluate import evaluate
 
     doc = evaluate(args.data, args.bundle, args.out, by=args.by, split=args.split, device=args.device,
@@ -446,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--by", choices=("site",), help="also report per site")
     e.add_argument("--split", default="auto", help="train, val, test, all or auto (test when present, else all)")
     e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    e.add_argument("--stress", action="store_true",
+                   help="stress sweep instead: blur, 3 mm slices, 15 degree rotations, HU offset, double noise; "
+                        "grade changes per condition, seen and held-out subjects apart (slow)")
+    e.add_argument("--limit", type=int, help="with --stress: only the first N cases")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("report", help="case report (HTML or PDF): key images, reader and AI grades, model card",
