@@ -316,6 +316,21 @@ def cmd_train_segmenter(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_segmenter(args: argparse.Namespace) -> int:
+    from sirad_viewer.ai.pipeline import find_bundle
+    from sirad_viewer.ai.segnet import evaluate_segmenter
+
+    doc = evaluate_segmenter(args.data, find_bundle("segmentation", args.segmenter), splits=tuple(args.split.split(",")),
+                             limit=args.limit, device=args.device if args.device != "auto" else "cpu")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+    for g, m in doc["groups"].items():
+        print(f"{g} subjects ({m['cases']} cases): " + ", ".join(f"{k} Dice {v['mean']:.3f} (min {v['min']:.3f})"
+                                                                 for k, v in m.items() if k != "cases"))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if getattr(args, "stress", False):  # the stress sweep (sirad_viewer.ai.stress)
         from sirad_viewer.ai.stress import stress_sweep
@@ -446,6 +461,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train_segmenter)
 
+    es = sub.add_parser("evaluate-segmenter", help="Dice per bone of a segmentation bundle on DATA.csv rows with labels, "
+                                                  "seen and held-out subjects apart")
+    es.add_argument("--data", required=True)
+    es.add_argument("--segmenter", help="segmentation bundle (default: the installed one)")
+    es.add_argument("--split", default="test", help="comma-separated splits (default test)")
+    es.add_argument("--limit", type=int, help="only the first N cases")
+    es.add_argument("--out", help="write the per-case JSON here")
+    es.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
+    es.set_defaults(func=cmd_evaluate_segmenter)
+
     e = sub.add_parser("evaluate", help="AUC with CI, kappas, confusion matrices and ROC curves of a bundle on DATA.csv")
     e.add_argument("--data", required=True)
     e.add_argument("--bundle", help="grading bundle (default: the installed one)")
@@ -457,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--stress", action="store_true",
                    help="stress sweep instead: blur, 3 mm slices, 15 degree rotations, HU offset, double noise; "
                         "grade changes per condition, seen and held-out subjects apart (slow)")
-    e.add_argument("--limit", type=int, help="with --stress: only the first N cases")
+    e.add_argument("--limit", type=int, help="with --stress: only the first N cases of each split "
+                                             "(--split test,train compares held-out with seen subjects)")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("report", help="case report (HTML or PDF): key images, reader and AI grades, model card",

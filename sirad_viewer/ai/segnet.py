@@ -241,3 +241,45 @@ def train_segmenter(data_csv: str | Path, out_dir: str | Path, *, spacing_mm: fl
     }
     net.eval()
     return save_bundle(net, meta, out_dir)
+
+
+def evaluate_segmenter(data_csv: str | Path, bundle: ModelBundle, *, splits: tuple[str, ...] = ("test",),
+                       limit: int | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Dice per bone on the CT grid (refined labels, as the viewer shows them) for rows with a label map.
+
+    Subjects (the ``subject`` column) seen in the ``train`` or ``val`` rows are reported apart from
+    those never trained on (``held-out``). Returns per case and per group (mean, min) Dice.
+    """
+    from sirad_viewer.io import open_volume
+
+    data_csv = Path(data_csv)
+    rows = _read_rows(data_csv)
+    seen = {r.get("subject", "") for r in rows if r.get("split", "train") in ("train", "val")} - {""}
+    chosen = []
+    for sp in splits:  # ``limit`` cases from each split
+        part = [r for r in rows if r.get("split", "train") == sp and r.get("labels")]
+        chosen += part[:limit] if limit else part
+    net = bundle.build_network().to(device)
+    cases = []
+    for r in chosen:
+        vol = open_volume(data_csv.parent / r["image"])
+        truth = np.asarray(open_volume(data_csv.parent / r["labels"]).array)
+        seg = segment_learned(vol, bundle, device=device, network=net)
+        lab = seg.labels
+        d = {}
+        for k, name in ((SACRUM, "sacrum"), (LEFT_ILIUM, "left_hip"), (RIGHT_ILIUM, "right_hip"),
+                        (OTHER_BONE, "other_bone")):
+            a, b = lab == k, truth == k
+            s = int(a.sum() + b.sum())
+            d[name] = float(2 * (a & b).sum() / s) if s else 1.0
+        s = r.get("subject", "")
+        cases.append({"image": r["image"], "subject": s, "group": "seen" if s in seen else "held-out", "dice": d})
+    groups: dict[str, Any] = {}
+    for g in ("held-out", "seen"):
+        cs = [c for c in cases if c["group"] == g]
+        if cs:
+            groups[g] = {"cases": len(cs), **{k: {"mean": round(float(np.mean([c["dice"][k] for c in cs])), 4),
+                                                   "min": round(float(np.min([c["dice"][k] for c in cs])), 4)}
+                                               for k in cs[0]["dice"]}}
+    return {"segmenter": f"{bundle.name} {bundle.version}", "data": str(data_csv), "splits": list(splits),
+            "groups": groups, "cases": cases}

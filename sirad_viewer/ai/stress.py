@@ -194,7 +194,11 @@ def stress_sweep(data_csv: str | Path, out_dir: str | Path, *, bundle_path: str 
                  conditions: Sequence[Condition] = CONDITIONS, limit: int | None = None, device: str = "auto",
                  progress: bool = True, grader=None,
                  log_fn: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Grade every chosen case under every condition; write ``stress.json``, ``stress.md``, ``stress.csv``."""
+    """Grade every chosen case under every condition; write ``stress.json``, ``stress.md``, ``stress.csv``.
+
+    ``split`` : ``test``, ``all`` or several splits (``test,train``: held-out subjects and, for
+    comparison, subjects the model was trained on); ``limit`` : at most that many cases per split.
+    """
     from sirad_viewer.ai.pipeline import Grader, find_bundle
     from sirad_viewer.ai.train import DataError, Progress, read_data_csv
     from sirad_viewer.errors import SiradError
@@ -203,9 +207,13 @@ def stress_sweep(data_csv: str | Path, out_dir: str | Path, *, bundle_path: str 
     say = log_fn or (lambda m: print(m, file=sys.stderr, flush=True))
     data_csv = Path(data_csv)
     rows = read_data_csv(data_csv)
-    if split != "all":
-        rows = [r for r in rows if r.split == split]
-    if limit:
+    if split != "all":  # one split or several ("test,train"); ``limit`` cases from each
+        chosen = []
+        for sp in split.split(","):
+            part = [r for r in rows if r.split == sp.strip()]
+            chosen += part[:limit] if limit else part
+        rows = chosen
+    elif limit:
         rows = rows[:limit]
     if not rows:
         raise DataError(f"has no rows in split {split!r}", path=data_csv)

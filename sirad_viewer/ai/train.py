@@ -6,7 +6,7 @@ folder or zip), ``left`` and ``right`` (grades 0-4; empty when a side cannot be 
 the same segmentation and localisation as ``sirad grade``, and the joint crops are cached.
 
 Training: class-weighted cross-entropy, AdamW with a cosine learning-rate schedule, augmentation (shifts of the crop within a margin,
-intensity gain/offset, noise), early stopping on the validation loss, a checkpoint after every
+extra blur, intensity gain/offset, noise), early stopping on the validation loss, a checkpoint after every
 epoch (``--resume`` continues from it), then temperature scaling on the validation split, and a
 bundle written with its metrics.
 """
@@ -165,7 +165,11 @@ def _batch(items, idx, rng, spec, *, augment: bool):
             o = np.full(3, PAD)
         x = c[o[0]:o[0] + s[0], o[1]:o[1] + s[1], o[2]:o[2] + s[2]]
         if augment:
-            x = x * rng.uniform(0.92, 1.08) + rng.uniform(-40, 40)
+            if rng.random() < 0.5:  # a softer kernel must not change the grade: up to ~1.8 mm FWHM extra blur
+                from scipy import ndimage
+
+                x = ndimage.gaussian_filter(x, float(rng.uniform(0.1, 0.75)) * 1.25 / float(spec.spacing_mm[0]))
+            x = x * rng.uniform(0.92, 1.08) + rng.uniform(-60, 60)
             x = x + rng.normal(0, rng.uniform(0, 30), x.shape).astype(np.float32)
         out[k, 0] = GR.normalise(x, spec.window_hu)
     return out
