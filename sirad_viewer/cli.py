@@ -73,14 +73,21 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_phantom(args: argparse.Namespace) -> int:
     from sirad_viewer.phantom import PhantomSpec, make_phantom, random_spec, write_phantom
 
-    if args.vary:
-        spec = random_spec(args.seed, left_grade=args.left, right_grade=args.right, site=args.site,
+    if args.anatomy == "atlas":
+        from sirad_viewer.phantom.atlas_options import atlas_spec_from_args
+        from sirad_viewer.phantom.atlas_phantom import make_atlas_phantom
+
+        spec = atlas_spec_from_args(args)
+        phantom = make_atlas_phantom(spec)
+    elif args.vary:
+        spec = random_spec(args.seed, left_grade=args.left, right_grade=args.right, site=args.site or "phantom-A",
                            matrix=args.matrix)
+        phantom = make_phantom(spec)
     else:
         spec = PhantomSpec(left_grade=args.left, right_grade=args.right, seed=args.seed,
-                           matrix=args.matrix or 256, slice_thickness_mm=args.thickness,
-                           slice_spacing_mm=args.spacing or args.thickness, site=args.site)
-    phantom = make_phantom(spec)
+                           matrix=args.matrix or 256, slice_thickness_mm=args.thickness or 2.0,
+                           slice_spacing_mm=args.spacing or args.thickness or 2.0, site=args.site or "phantom-A")
+        phantom = make_phantom(spec)
     files = write_phantom(phantom, args.out, fmt=args.format, compression=args.compression)
     v = phantom.volume
     print(f"phantom L{spec.left_grade} R{spec.right_grade} seed {spec.seed}: {v.shape[0]}x{v.shape[1]}x{v.shape[2]}, "
@@ -99,8 +106,14 @@ def cmd_phantom_dataset(args: argparse.Namespace) -> int:
         if k == n or k % max(1, n // 10) == 0:
             print(f"  {k}/{n} phantoms", flush=True)
 
-    path = make_dataset(args.out, args.n, site=args.site, seed=args.seed, matrix=args.matrix, fmt=args.format,
-                        workers=args.workers, progress=progress)
+    extra = {}
+    if args.anatomy == "atlas":
+        from sirad_viewer.phantom.atlas_options import atlas_dataset_options
+
+        extra = atlas_dataset_options(args)
+    path = make_dataset(args.out, args.n, site=args.site or ("atlas-mixed" if args.anatomy == "atlas" else "phantom-A"),
+                        seed=args.seed, matrix=args.matrix, fmt=args.format, workers=args.workers, progress=progress,
+                        anatomy=args.anatomy, **extra)
     print(f"dataset written: {path} (synthetic phantoms with planted fake identities; not patient data)")
     return 0
 
@@ -370,6 +383,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 # --- parser ----------------------------------------------------------------------------------
 
+def _add_atlas_options(p: argparse.ArgumentParser, *, dataset: bool) -> None:
+    from sirad_viewer.phantom.atlas_options import add_atlas_arguments
+
+    add_atlas_arguments(p, dataset=dataset)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sirad",
@@ -399,11 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="DICOM transfer syntax (lossless)")
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--matrix", type=int, default=None, help="in-plane matrix (default 256)")
-    ph.add_argument("--thickness", type=float, default=2.0, help="slice thickness in mm (default 2)")
+    ph.add_argument("--thickness", type=float, default=None, help="slice thickness in mm (analytic default 2)")
     ph.add_argument("--spacing", type=float, default=None, help="slice spacing in mm (default: thickness)")
     ph.add_argument("--vary", action="store_true",
                     help="seeded variation of size, pose, table position, slice geometry, noise and blur")
-    ph.add_argument("--site", default="phantom-A", help="scanner-like profile with --vary (phantom-A/B/C)")
+    ph.add_argument("--site", default=None, help="scanner-like profile: phantom-A/B/C with --vary; "
+                    "atlas-A/B/C/mixed with --anatomy atlas")
+    _add_atlas_options(ph, dataset=False)
     ph.set_defaults(func=cmd_phantom)
 
     pd = sub.add_parser("phantom-dataset", help="write a labelled phantom set and its DATA.csv",
@@ -412,11 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "changes scanner-like properties to mimic another centre.")
     pd.add_argument("--n", type=int, required=True)
     pd.add_argument("--out", required=True)
-    pd.add_argument("--site", default="phantom-A", help="phantom-A, phantom-B or phantom-C")
+    pd.add_argument("--site", default=None, help="phantom-A, phantom-B or phantom-C; atlas-A/B/C/mixed for atlas")
     pd.add_argument("--seed", type=int, default=0)
     pd.add_argument("--matrix", type=int, default=128, help="in-plane matrix (default 128; the FOV stays 320-420 mm)")
     pd.add_argument("--format", choices=("nifti", "dicom"), default="nifti")
     pd.add_argument("--workers", type=int, default=None, help="processes (default: the CPU count)")
+    _add_atlas_options(pd, dataset=True)
     pd.set_defaults(func=cmd_phantom_dataset)
 
     g = sub.add_parser("grade", help="grade both sacroiliac joints of a CT with the AI model",

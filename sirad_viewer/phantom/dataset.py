@@ -15,7 +15,7 @@ import hashlib
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -44,8 +44,20 @@ def _one(args: tuple) -> dict[str, str]:
 
 def make_dataset(out: str | Path, n: int, *, site: str = "phantom-A", seed: int = 0, matrix: int | None = 128,
                  fmt: str = "nifti", val_fraction: float = 0.15, test_fraction: float = 0.15,
-                 workers: int | None = None, progress: Callable[[int, int], None] | None = None) -> Path:
-    """Write ``n`` phantoms and ``DATA.csv``; returns the CSV path."""
+                 workers: int | None = None, progress: Callable[[int, int], None] | None = None,
+                 anatomy: str = "analytic", **atlas_options: Any) -> Path:
+    """Write ``n`` phantoms and ``DATA.csv``; returns the CSV path.
+
+    ``anatomy="atlas"`` builds the cases on atlas bones instead (see
+    :func:`sirad_viewer.phantom.atlas_dataset.make_atlas_dataset` for ``atlas_options``).
+    """
+    if anatomy == "atlas":
+        from sirad_viewer.phantom.atlas_dataset import make_atlas_dataset
+
+        return make_atlas_dataset(out, n, site=site, seed=seed, fmt=fmt, val_fraction=val_fraction,
+                                  test_fraction=test_fraction, workers=workers, progress=progress, **atlas_options)
+    if anatomy != "analytic":
+        raise ValueError(f"anatomy must be 'analytic' or 'atlas', got {anatomy!r}")
     if site not in SITE_PROFILES:
         raise ValueError(f"unknown site {site!r}; choose one of {sorted(SITE_PROFILES)}")
     if n < 1:
