@@ -309,7 +309,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     b = train_grader(args.data, args.out, segmenter=find_bundle("segmentation", args.segmenter), epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, patience=args.patience, seed=args.seed, resume=args.resume,
                      name=args.name, version=args.model_version, device=args.device, spacing_mm=args.spacing,
-                     size=args.size, frame=args.frame)
+                     size=args.size, frame=args.frame, config=json.loads(args.config) if args.config else None)
     m = b.metadata
     print(f"wrote {b.path}: {b.name} {b.version}, temperature {m['calibration']['temperature']}, "
           f"validation accuracy {m['metrics']['validation']['accuracy']}, "
@@ -465,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=int, default=8, help="early stopping: epochs without validation improvement")
     t.add_argument("--spacing", type=float, default=1.25, help="crop voxel size in mm")
     t.add_argument("--size", type=int, default=64, help="crop edge in voxels")
+    t.add_argument("--config", help='DenseNet configuration as JSON (default {"init_features": 16, "growth_rate": 8, '
+                                    '"block_config": [4, 6], "dropout_prob": 0.1})')
     t.add_argument("--frame", default="joint", choices=("joint", "world"),
                    help="crop axes: the joint box's own (default; a rotated pelvis gives the same crop) or the world's")
     t.add_argument("--seed", type=int, default=0)

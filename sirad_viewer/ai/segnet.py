@@ -43,6 +43,8 @@ class CoarseSegmentation:
     method: str = "unet"
     notes: list[str] = field(default_factory=list)
     bone_hu: float = 140.0
+    dense_p0_max: float = 0.8  # a dense voxel is bone unless the network is this sure of background
+    faint_p0_min: float = 0.1  # a faint voxel is background unless the network is this sure it is bone
     _labels: np.ndarray | None = None
 
     @property
@@ -84,8 +86,8 @@ class CoarseSegmentation:
             bone_cls = 1 + np.argmax(p[1:], axis=0)
             dense = hu > self.bone_hu
             # dense and plausibly bone -> the likeliest bone; faint -> background unless surely inside bone
-            lab = np.where(dense & (p[0] < 0.8), bone_cls, lab)
-            lab = np.where(~dense & (p[0] > 0.1), 0, lab)
+            lab = np.where(dense & (p[0] < self.dense_p0_max), bone_cls, lab)
+            lab = np.where(~dense & (p[0] > self.faint_p0_min), 0, lab)
             out[k, lo[1]:hi[1], lo[2]:hi[2]] = lab.reshape(jj.shape)
         return out
 
@@ -227,7 +229,7 @@ def train_segmenter(data_csv: str | Path, out_dir: str | Path, *, spacing_mm: fl
         opt.step()
         sched.step()
         if progress:
-            progress(step + 1, steps, float(loss))
+            progress(step + 1, steps, float(loss.detach()))
     meta = {
         "name": name, "version": version, "task": "segmentation", "architecture": arch,
         "input": {"spacing_mm": [spacing_mm] * 3, "size": [0, 0, 0], "intensity_window_hu": window,
