@@ -324,7 +324,8 @@ def cmd_train_segmenter(args: argparse.Namespace) -> int:
         if i % 25 == 0 or i == n:
             print(f"step {i}/{n} loss {loss:.3f}", file=sys.stderr, flush=True)
 
-    b = train_segmenter(args.data, args.out, steps=args.steps, spacing_mm=args.spacing, seed=args.seed, progress=prog)
+    b = train_segmenter(args.data if len(args.data) > 1 else args.data[0], args.out, steps=args.steps,
+                        spacing_mm=args.spacing, seed=args.seed, progress=prog)
     print(f"wrote {b.path}")
     return 0
 
@@ -478,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     t = sub.add_parser("train-segmenter", help="train the pelvic-bone segmentation UNet from DATA.csv with a labels column")
-    t.add_argument("--data", required=True)
+    t.add_argument("--data", required=True, action="append", help="DATA.csv (repeat to train on several sets)")
     t.add_argument("--out", required=True)
     t.add_argument("--steps", type=int, default=800)
     t.add_argument("--spacing", type=float, default=4.0)

@@ -193,24 +193,26 @@ def _augment(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> tupl
     return np.ascontiguousarray(img), np.ascontiguousarray(lab)
 
 
-def train_segmenter(data_csv: str | Path, out_dir: str | Path, *, spacing_mm: float = 4.0, steps: int = 800,
+def train_segmenter(data_csv: str | Path | list[str | Path], out_dir: str | Path, *, spacing_mm: float = 4.0, steps: int = 800,
                     channels: tuple[int, ...] = (8, 16, 32, 64), num_res_units: int = 2, lr: float = 3e-3,
                     seed: int = 0, name: str = "pelvis-unet-demo", version: str = "0.1.0",
                     progress: Callable[[int, int, float], None] | None = None) -> ModelBundle:
-    """Train the segmentation UNet on the ``train`` rows of ``data_csv`` (needs a ``labels`` column)."""
+    """Train the segmentation UNet on the ``train`` rows of ``data_csv`` (one CSV or several; needs a ``labels`` column)."""
     import torch
     from monai.losses import DiceCELoss
 
     from sirad_viewer.ai.bundle import build_network
 
-    data_csv = Path(data_csv)
-    rows = [r for r in _read_rows(data_csv) if r.get("split", "train") == "train" and r.get("labels")]
+    csvs = [Path(p) for p in (data_csv if isinstance(data_csv, (list, tuple)) else [data_csv])]
+    rows = [dict(r, _base=str(c.parent)) for c in csvs for r in _read_rows(c)
+            if r.get("split", "train") == "train" and r.get("labels")]
     if not rows:
-        raise ValueError(f"{data_csv}: no train rows with a 'labels' column")
+        raise ValueError(f"{', '.join(map(str, csvs))}: no train rows with a 'labels' column")
+    data_csv = csvs[0]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     window = [-200.0, 1600.0]
-    pairs = [load_training_pair(data_csv.parent / r["image"], data_csv.parent / r["labels"], spacing_mm) for r in rows]
+    pairs = [load_training_pair(Path(r["_base"]) / r["image"], Path(r["_base"]) / r["labels"], spacing_mm) for r in rows]
     arch = {"type": "unet", "config": {"channels": list(channels), "strides": [2] * (len(channels) - 1),
                                        "num_res_units": num_res_units}}
     net = build_network(arch, n_classes=len(SEGMENTATION_CLASSES))
@@ -235,7 +237,7 @@ def train_segmenter(data_csv: str | Path, out_dir: str | Path, *, spacing_mm: fl
         "input": {"spacing_mm": [spacing_mm] * 3, "size": [0, 0, 0], "intensity_window_hu": window,
                   "mirror_left": False, "grid": "whole body, canonical LPS axes, padded to a multiple of 8"},
         "classes": list(SEGMENTATION_CLASSES), "groups": [],
-        "training_data": {"csv": data_csv.name, "cases": len(rows), "steps": steps,
+        "training_data": {"csv": ", ".join(c.name for c in csvs), "cases": len(rows), "steps": steps,
                           "seconds": round(time.time() - t0, 1)},
         "metrics": {},
         "intended_use": "Locating the pelvic bones and sacroiliac joints for the SIRAD grading model. Research only.",
