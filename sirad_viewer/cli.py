@@ -324,8 +324,11 @@ def cmd_train_segmenter(args: argparse.Namespace) -> int:
         if i % 25 == 0 or i == n:
             print(f"step {i}/{n} loss {loss:.3f}", file=sys.stderr, flush=True)
 
+    from sirad_viewer.ai.bundle import load_bundle
+
     b = train_segmenter(args.data if len(args.data) > 1 else args.data[0], args.out, steps=args.steps,
-                        spacing_mm=args.spacing, seed=args.seed, progress=prog)
+                        spacing_mm=args.spacing, seed=args.seed, progress=prog, lr=args.lr,
+                        version=args.model_version, init=load_bundle(args.init) if args.init else None)
     print(f"wrote {b.path}")
     return 0
 
@@ -480,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train-segmenter", help="train the pelvic-bone segmentation UNet from DATA.csv with a labels column")
     t.add_argument("--data", required=True, action="append", help="DATA.csv (repeat to train on several sets)")
+    t.add_argument("--init", help="continue from this segmentation bundle's weights")
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--model-version", default="0.1.0")
     t.add_argument("--out", required=True)
     t.add_argument("--steps", type=int, default=800)
     t.add_argument("--spacing", type=float, default=4.0)

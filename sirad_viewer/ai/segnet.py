@@ -196,6 +196,7 @@ def _augment(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> tupl
 def train_segmenter(data_csv: str | Path | list[str | Path], out_dir: str | Path, *, spacing_mm: float = 4.0, steps: int = 800,
                     channels: tuple[int, ...] = (8, 16, 32, 64), num_res_units: int = 2, lr: float = 3e-3,
                     seed: int = 0, name: str = "pelvis-unet-demo", version: str = "0.1.0",
+                    init: ModelBundle | None = None,
                     progress: Callable[[int, int, float], None] | None = None) -> ModelBundle:
     """Train the segmentation UNet on the ``train`` rows of ``data_csv`` (one CSV or several; needs a ``labels`` column)."""
     import torch
@@ -215,7 +216,11 @@ def train_segmenter(data_csv: str | Path | list[str | Path], out_dir: str | Path
     pairs = [load_training_pair(Path(r["_base"]) / r["image"], Path(r["_base"]) / r["labels"], spacing_mm) for r in rows]
     arch = {"type": "unet", "config": {"channels": list(channels), "strides": [2] * (len(channels) - 1),
                                        "num_res_units": num_res_units}}
-    net = build_network(arch, n_classes=len(SEGMENTATION_CLASSES))
+    if init is not None:  # continue from a bundle's weights (same architecture)
+        arch = dict(init.metadata["architecture"])
+        net = init.build_network()
+    else:
+        net = build_network(arch, n_classes=len(SEGMENTATION_CLASSES))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -238,6 +243,7 @@ def train_segmenter(data_csv: str | Path | list[str | Path], out_dir: str | Path
                   "mirror_left": False, "grid": "whole body, canonical LPS axes, padded to a multiple of 8"},
         "classes": list(SEGMENTATION_CLASSES), "groups": [],
         "training_data": {"csv": ", ".join(c.name for c in csvs), "cases": len(rows), "steps": steps,
+                          "initialised_from": f"{init.name} {init.version}" if init is not None else None,
                           "seconds": round(time.time() - t0, 1)},
         "metrics": {},
         "intended_use": "Locating the pelvic bones and sacroiliac joints for the SIRAD grading model. Research only.",

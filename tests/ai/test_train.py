@@ -119,3 +119,14 @@ def test_segmenter_trains_on_several_data_sets(tmp_path, small_phantom):
     b = train_segmenter(csvs, tmp_path / "seg", steps=2, channels=(4, 8, 16, 32), num_res_units=0)
     meta = load_bundle(b.path).metadata
     assert meta["training_data"]["cases"] == 2 and meta["training_data"]["steps"] == 2  # the train rows of both
+    # fine-tuning continues from those weights (same architecture), not from scratch
+    first = load_bundle(b.path)
+    b2 = train_segmenter(csvs[0], tmp_path / "seg2", steps=1, lr=0.0, init=first, version="0.0.2")
+    m2 = load_bundle(b2.path).metadata
+    assert m2["training_data"]["initialised_from"] == f"{first.name} {first.version}"
+    assert m2["architecture"] == meta["architecture"]
+    import torch
+
+    sd1, sd2 = first.state_dict(), load_bundle(b2.path).state_dict()
+    assert all(torch.allclose(torch.as_tensor(sd1[k]).float(), torch.as_tensor(sd2[k]).float()) for k in sd1
+               if "weight" in k)  # lr 0: unchanged weights
