@@ -75,6 +75,7 @@ def held_out_atlas(subject: str, left: int, right: int, seed: int):
     return _ATLAS[key]
 
 
+@pytest.mark.slow  # atlas phantoms take ~10 s each to build
 @pytest.mark.parametrize("subject,left,right,seed", [("13", 0, 4, 1), ("51", 2, 3, 2)])
 def test_segmentation_dice_on_held_out_atlas_subjects(grader, subject, left, right, seed):
     ph = held_out_atlas(subject, left, right, seed)
@@ -87,6 +88,7 @@ def test_segmentation_dice_on_held_out_atlas_subjects(grader, subject, left, rig
         assert dice(seg.labels == k, truth == k) >= 0.78, (k, dice(seg.labels == k, truth == k))
 
 
+@pytest.mark.slow
 def test_rotated_pelvis_keeps_the_grade_category_and_the_box(grader):
     # issue #10: grading in the joint's own frame; the patient turned by 15 degrees in the scanner
     from scipy.spatial.transform import Rotation
