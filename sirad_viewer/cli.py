@@ -355,7 +355,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     b = train_grader(args.data, args.out, segmenter=find_bundle("segmentation", args.segmenter), epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, patience=args.patience, seed=args.seed, resume=args.resume,
                      name=args.name, version=args.model_version, device=args.device, spacing_mm=args.spacing,
-                     size=args.size)
+                     size=args.size, frame=args.frame, config=json.loads(args.config) if args.config else None)
     m = b.metadata
     print(f"wrote {b.path}: {b.name} {b.version}, temperature {m['calibration']['temperature']}, "
           f"validation accuracy {m['metrics']['validation']['accuracy']}, "
@@ -370,12 +370,39 @@ def cmd_train_segmenter(args: argparse.Namespace) -> int:
         if i % 25 == 0 or i == n:
             print(f"step {i}/{n} loss {loss:.3f}", file=sys.stderr, flush=True)
 
-    b = train_segmenter(args.data, args.out, steps=args.steps, spacing_mm=args.spacing, seed=args.seed, progress=prog)
+    from sirad_viewer.ai.bundle import load_bundle
+
+    b = train_segmenter(args.data if len(args.data) > 1 else args.data[0], args.out, steps=args.steps,
+                        spacing_mm=args.spacing, seed=args.seed, progress=prog, lr=args.lr,
+                        version=args.model_version, init=load_bundle(args.init) if args.init else None)
     print(f"wrote {b.path}")
     return 0
 
 
+def cmd_evaluate_segmenter(args: argparse.Namespace) -> int:
+    from sirad_viewer.ai.pipeline import find_bundle
+    from sirad_viewer.ai.segnet import evaluate_segmenter
+
+    doc = evaluate_segmenter(args.data, find_bundle("segmentation", args.segmenter), splits=tuple(args.split.split(",")),
+                             limit=args.limit, device=args.device if args.device != "auto" else "cpu")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+    for g, m in doc["groups"].items():
+        print(f"{g} subjects ({m['cases']} cases): " + ", ".join(f"{k} Dice {v['mean']:.3f} (min {v['min']:.3f})"
+                                                                 for k, v in m.items() if k != "cases"))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if getattr(args, "stress", False):  # the stress sweep (sirad_viewer.ai.stress)
+        from sirad_viewer.ai.stress import stress_sweep
+
+        stress_sweep(args.data, args.out, bundle_path=args.bundle, segmenter_path=args.segmenter,
+                     split="test" if args.split == "auto" else args.split, limit=args.limit, device=args.device)
+        print((Path(args.out) / "stress.md").read_text())
+        print(f"wrote {args.out}/stress.json, stress.md and stress.csv")
+        return 0
     from sirad_viewer.ai.evaluate import evaluate
 
     doc = evaluate(args.data, args.bundle, args.out, by=args.by, split=args.split, device=args.device,
@@ -639,6 +666,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=int, default=8, help="early stopping: epochs without validation improvement")
     t.add_argument("--spacing", type=float, default=1.25, help="crop voxel size in mm")
     t.add_argument("--size", type=int, default=64, help="crop edge in voxels")
+    t.add_argument("--config", help='DenseNet configuration as JSON (default {"init_features": 16, "growth_rate": 8, '
+                                    '"block_config": [4, 6], "dropout_prob": 0.1})')
+    t.add_argument("--frame", default="joint", choices=("joint", "world"),
+                   help="crop axes: the joint box's own (default; a rotated pelvis gives the same crop) or the world's")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     t.add_argument("--name", default="sij-densenet")
@@ -648,12 +679,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     t = sub.add_parser("train-segmenter", help="train the pelvic-bone segmentation UNet from DATA.csv with a labels column")
-    t.add_argument("--data", required=True)
+    t.add_argument("--data", required=True, action="append", help="DATA.csv (repeat to train on several sets)")
+    t.add_argument("--init", help="continue from this segmentation bundle's weights")
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--model-version", default="0.1.0")
     t.add_argument("--out", required=True)
     t.add_argument("--steps", type=int, default=800)
     t.add_argument("--spacing", type=float, default=4.0)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train_segmenter)
+
+    es = sub.add_parser("evaluate-segmenter", help="Dice per bone of a segmentation bundle on DATA.csv rows with labels, "
+                                                  "seen and held-out subjects apart")
+    es.add_argument("--data", required=True)
+    es.add_argument("--segmenter", help="segmentation bundle (default: the installed one)")
+    es.add_argument("--split", default="test", help="comma-separated splits (default test)")
+    es.add_argument("--limit", type=int, help="only the first N cases")
+    es.add_argument("--out", help="write the per-case JSON here")
+    es.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
+    es.set_defaults(func=cmd_evaluate_segmenter)
 
     e = sub.add_parser("evaluate", help="AUC with CI, kappas, confusion matrices and ROC curves of a bundle on DATA.csv")
     e.add_argument("--data", required=True)
@@ -663,6 +707,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--by", choices=("site",), help="also report per site")
     e.add_argument("--split", default="auto", help="train, val, test, all or auto (test when present, else all)")
     e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    e.add_argument("--stress", action="store_true",
+                   help="stress sweep instead: blur, 3 mm slices, 15 degree rotations, HU offset, double noise; "
+                        "grade changes per condition, seen and held-out subjects apart (slow)")
+    e.add_argument("--limit", type=int, help="with --stress: only the first N cases of each split "
+                                             "(--split test,train compares held-out with seen subjects)")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("report", help="case report (HTML or PDF): key images, reader and AI grades, model card",

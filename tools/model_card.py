@@ -1,6 +1,9 @@
-"""Write MODEL_CARD.md for a grading bundle from its metadata and two `sirad evaluate` outputs.
+"""Write MODEL_CARD.md for a grading bundle from its metadata and the evaluation outputs.
 
-usage: python tools/model_card.py BUNDLE EVAL_INTERNAL_DIR EVAL_EXTERNAL_DIR [SEG_BUNDLE]
+usage: python tools/model_card.py BUNDLE EVAL_INTERNAL_DIR EVAL_EXTERNAL_DIR [SEG_BUNDLE] [STRESS_DIR] [SEG_EVAL_JSON]
+
+EVAL_EXTERNAL_DIR may be ``-`` (none); STRESS_DIR is a ``sirad evaluate --stress`` output and
+SEG_EVAL_JSON a ``sirad evaluate-segmenter --out`` file (both optional, ``-`` to skip).
 """
 from __future__ import annotations
 
@@ -29,11 +32,12 @@ def confusion(m: dict) -> str:
 
 
 def main() -> int:
-    bundle, ev_int, ev_ext = (Path(a) for a in sys.argv[1:4])
-    seg = Path(sys.argv[4]) if len(sys.argv) > 4 else None
+    arg = lambda k: Path(sys.argv[k]) if len(sys.argv) > k and sys.argv[k] != "-" else None  # noqa: E731
+    bundle, ev_int, ev_ext = arg(1), arg(2), arg(3)
+    seg, stress, seg_eval = arg(4), arg(5), arg(6)
     meta = json.loads((bundle / "metadata.json").read_text())
     mi = json.loads((ev_int / "metrics.json").read_text())["results"]["all"]
-    me = json.loads((ev_ext / "metrics.json").read_text())["results"]["all"]
+    me = json.loads((ev_ext / "metrics.json").read_text())["results"]["all"] if ev_ext else None
     td = meta["training_data"]
     seg_meta = json.loads((seg / "metadata.json").read_text()) if seg else None
     text = f"""# Model card: {meta['name']} {meta['version']}
@@ -50,64 +54,78 @@ sums them over the groups {meta['groups']}; the patient-level result applies the
 rule (grade >= 2 on both sides or >= 3 on one) to the two joints' distributions.
 
 - Architecture: MONAI `DenseNet` (3D), config `{json.dumps(meta['architecture']['config'])}`;
-  weights {bundle.joinpath(meta['weights']['file']).stat().st_size / 1e6:.1f} MB (safetensors, sha256 in metadata.json).
-- Input: a {meta['input']['size'][0]}³ crop at {meta['input']['spacing_mm'][0]} mm, world-aligned (LPS), centred on the joint found
-  by the segmentation bundle; the left joint is mirrored so one network reads both. HU window
-  {meta['input']['intensity_window_hu']}.
+  weights {bundle.joinpath(meta['weights']['file']).stat().st_size / 1e6:.2f} MB (safetensors, sha256 in metadata.json).
+- Input: a {meta['input']['size'][0]}³ crop at {meta['input']['spacing_mm'][0]} mm centred on the joint found by the segmentation
+  bundle, {"along the joint box's own axes (long axis, anteroposterior, normal), so a patient lying rotated gives the same crop" if meta['input'].get('frame') == 'joint' else 'world-aligned (LPS)'};
+  the left joint is mirrored so one network reads both. HU window {meta['input']['intensity_window_hu']}.
 - Calibration: {meta['calibration']['method']}; temperature {meta['calibration']['temperature']}
-  (validation NLL {meta['calibration']['val_nll_before']} -> {meta['calibration']['val_nll_after']}){
-  '; at its lower bound 0.5: the small validation split is separated perfectly, so it cannot say how much'
-  ' sharper the probabilities should be' if abs(meta['calibration']['temperature'] - 0.5) < 1e-3 else ''}.
+  (validation NLL {meta['calibration']['val_nll_before']} -> {meta['calibration']['val_nll_after']}).
 - Segmentation (joint localisation): {td.get('segmentation_bundle', '?')}"""
     if seg_meta:
         text += f""" — MONAI `UNet` `{json.dumps(seg_meta['architecture']['config'])}`
   on a {seg_meta['input']['spacing_mm'][0]} mm whole-body grid, trained {seg_meta['training_data']['steps']} steps on the label maps of
-  {seg_meta['training_data']['cases']} training phantoms."""
+  {seg_meta['training_data']['cases']} training phantoms ({seg_meta['training_data']['seconds'] / 60:.0f} min on two CPU cores)."""
     text += f"""
 
 ## Training data
 
 {td['train_joints']} joints (grade counts {td['grade_counts_train']}) from the `train` split and {td['val_joints']}
-from the `val` split of 120 synthetic phantoms (site profile {', '.join(td['sites'])}: 1–2 mm slices, 0.7–1 mm
-pixels before the 160 matrix, bone kernel); {td['epochs_run']} epochs, class-weighted cross-entropy, early
-stopping on the validation loss. Made with `tools/train_demo_models.sh`.
+from the `val` split (sites {', '.join(td['sites'])}); {td['epochs_run']} epochs, class-weighted cross-entropy,
+augmentation (shifts, extra blur, HU gain/offset, noise), early stopping on the validation loss.
+{meta.get('training_data_note', '')} Made with `tools/train_demo_models.sh`.
 
 ## Evaluation
 
-Internal: the held-out `test` split of the same phantom-A set (joints never seen in training or
-validation). External-like: 40 phantoms of site profile phantom-B (2–3 mm slices, more noise,
-softer kernel), none seen in training.
+{meta.get('evaluation_note', 'Internal: the held-out `test` split.')}
 
 | set | patients / joints | accuracy (5 grades) | accuracy (3 categories) | kappa unweighted | kappa linear | kappa quadratic | patient accuracy / sens. / spec. |
 |---|---|---|---|---|---|---|---|
-{rows('internal (phantom-A test)', mi)}
-{rows('external-like (phantom-B)', me)}
+{rows('internal (test split)', mi)}"""
+    if me:
+        text += "\n" + rows("external-like", me)
+    text += f"""
 
-Internal confusion matrix (rows: planted grade, columns: model grade):
+Internal confusion matrix (rows: reference grade, columns: model grade):
 
 {confusion(mi)}
-
+"""
+    if me:
+        text += f"""
 External-like confusion matrix:
 
 {confusion(me)}
+"""
+    if seg_eval:
+        se = json.loads(seg_eval.read_text())
+        text += """
+## Segmentation Dice (refined labels on the CT grid)
 
-ROC curves: `sirad evaluate` writes them (`roc_all.png`) next to these numbers.
-
+| subjects | cases | sacrum | left hip bone | right hip bone | other bone |
+|---|---|---|---|---|---|
+"""
+        for g, m in se["groups"].items():
+            text += (f"| {g} | {m['cases']} | " + " | ".join(f"{m[k]['mean']:.3f} (min {m[k]['min']:.3f})"
+                                                          for k in ("sacrum", "left_hip", "right_hip", "other_bone")) + " |\n")
+    if stress:
+        body = (stress / "stress.md").read_text().split("\n", 2)[2]
+        text += "\n## Stress sweep (`sirad evaluate --stress`)\n" + body
+    text += f"""
 ## Intended use and limits
 
 {meta['intended_use']}
 
-- The phantoms are analytic and simplified; lesions are planted by rule. High scores here mean the
-  network learned the phantom's rules, not radiology.
+- The phantoms are simplified; lesions are planted by rule. Scores here mean the network learned
+  the phantoms' rules, not radiology.
 - On the real demo CT the model's grades are meaningless (it has never seen a real joint).
 - Retrain on a site's own labelled CTs with `sirad train --data DATA.csv` (same columns) and
-  evaluate with `sirad evaluate`; the tools do not depend on phantoms.
+  evaluate with `sirad evaluate` (and `--stress`); the tools do not depend on phantoms.
 """
     (bundle / "MODEL_CARD.md").write_text(text)
     short = lambda m: {k: (round(m[k], 4) if isinstance(m[k], float) else m[k]["kappa"] if isinstance(m[k], dict)  # noqa: E731
                            else m[k]) for k in ("joints", "accuracy", "accuracy_3cat", "kappa_quadratic")}
-    meta["metrics"]["internal_test_phantom_A"] = short(mi)
-    meta["metrics"]["external_like_phantom_B"] = short(me)
+    meta["metrics"]["internal_test"] = short(mi)
+    if me:
+        meta["metrics"]["external_like"] = short(me)
     (bundle / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"wrote {bundle / 'MODEL_CARD.md'}")
     return 0

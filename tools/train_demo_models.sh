@@ -1,18 +1,74 @@
 #!/bin/sh
-# How the demo bundles in models/ were made (CPU, 2 cores: about 35 minutes in all).
+# Rebuild both demo bundles from nothing: phantoms -> segmentation UNet -> grading DenseNet -> evaluation.
 # Synthetic phantoms only: the weights know nothing about real patients.
+#
+#   tools/train_demo_models.sh [WORKDIR]            (default /tmp/sirad-demo-training)
+#
+# Measured for the shipped bundles (0.2.0) on two shared CPU cores, 2026-11-28: atlas phantoms 15 min
+# (180 cases, in two runs of 100 and 80), analytic phantoms ~3 min (alongside), segmenter 12.0 min
+# (800 steps), grader 7.8 min (crops of 180 cases + 49 epochs, early stop), evaluation ~8 min:
+# about 45 minutes in all.
+#
+# Options (environment variables):
+#   ANATOMY=atlas|analytic   grader phantoms (default atlas: real bone surfaces, split by subject;
+#                            held-out subjects 2,13,29,40,51,65 only in the test split)
+#   ATLAS_DIR=DIR            atlas folder (default ../shared/data/pelvis-atlas)
+#   N=180                    phantoms for the grader (train/val/test split by subject)
+#   N_ANALYTIC=24            analytic phantoms added to the segmenter's training set (0: none)
+#   SITE=...                 site profile (default atlas-mixed, or phantom-A for analytic)
+#   DATA_OPTS="..."          more phantom-dataset options (default "--max-voxels 8000000" for atlas)
+#   SEG_STEPS=800 EPOCHS=60 PATIENCE=15 CROP_SIZE=48 CROP_SPACING=1.5
+#   CONFIG='{"init_features": 12, ...}'  the DenseNet configuration
+#   SIRAD=.venv/bin/sirad    the command to run
+# Each stage's wall time goes to WORKDIR/timings.txt and is printed at the end.
 set -e
 W=${1:-/tmp/sirad-demo-training}
-S=.venv/bin/sirad
-# internal set (site profile phantom-A) and an external-like set (phantom-B: thicker slices, more noise, softer kernel)
-$S phantom-dataset --n 120 --out $W/intA --site phantom-A --seed 1 --matrix 160
-$S phantom-dataset --n 40 --out $W/extB --site phantom-B --seed 2 --matrix 160
-# pelvic-bone segmentation UNet on the train split's label maps
-$S train-segmenter --data $W/intA/DATA.csv --out $W/pelvis-unet-demo --steps 1000
-# grading DenseNet: crops from that segmentation, validation split for early stopping and temperature
-$S train --data $W/intA/DATA.csv --out $W/sij-densenet-demo --segmenter $W/pelvis-unet-demo \
-   --name sij-densenet-demo --epochs 40 --patience 10
-# internal (held-out test split) and external-like evaluation, as reported in the model card
-$S evaluate --data $W/intA/DATA.csv --bundle $W/sij-densenet-demo --out $W/eval-internal --segmenter $W/pelvis-unet-demo
-$S evaluate --data $W/extB/DATA.csv --bundle $W/sij-densenet-demo --split all --by site --out $W/eval-external \
-   --segmenter $W/pelvis-unet-demo
+S=${SIRAD:-.venv/bin/sirad}
+ANATOMY=${ANATOMY:-atlas}
+N=${N:-180}
+N_ANALYTIC=${N_ANALYTIC:-24}
+SEG_STEPS=${SEG_STEPS:-800}
+EPOCHS=${EPOCHS:-60}
+PATIENCE=${PATIENCE:-15}
+CROP_SIZE=${CROP_SIZE:-48}
+CROP_SPACING=${CROP_SPACING:-1.5}
+CONFIG=${CONFIG:-'{"init_features": 12, "growth_rate": 8, "block_config": [3, 4], "dropout_prob": 0.1}'}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+if [ "$ANATOMY" = atlas ]; then
+  OPTS="--anatomy atlas --atlas-dir ${ATLAS_DIR:-../shared/data/pelvis-atlas} --site ${SITE:-atlas-mixed}"
+  DATA_OPTS=${DATA_OPTS:---max-voxels 8000000}
+else
+  OPTS="--anatomy analytic --site ${SITE:-phantom-A}"
+  DATA_OPTS=${DATA_OPTS:---matrix 256}
+fi
+mkdir -p "$W"
+T="$W/timings.txt"
+stage() { echo "$1 $(date +%s)" >> "$T"; }
+: > "$T"
+stage start
+# one dataset, split by subject: train (real subjects + shape-model pelves), val, test (held-out subjects)
+$S phantom-dataset --n "$N" --out "$W/data" --seed 1 $OPTS $DATA_OPTS
+SEG_DATA="--data $W/data/DATA.csv"
+if [ "$N_ANALYTIC" -gt 0 ]; then  # the segmenter also learns the analytic anatomy (tests and old data use it)
+  $S phantom-dataset --n "$N_ANALYTIC" --out "$W/analytic" --seed 7 --matrix 160 --site phantom-A
+  SEG_DATA="$SEG_DATA --data $W/analytic/DATA.csv"
+fi
+stage phantoms
+# pelvic-bone segmentation UNet on the train splits' label maps
+$S train-segmenter $SEG_DATA --out "$W/pelvis-unet-demo" --steps "$SEG_STEPS"
+stage segmenter
+# grading DenseNet on crops in the joint's own frame, from that segmentation; val split for early stopping and temperature
+$S train --data "$W/data/DATA.csv" --out "$W/sij-densenet-demo" --segmenter "$W/pelvis-unet-demo" \
+   --name sij-densenet-demo --epochs "$EPOCHS" --patience "$PATIENCE" --size "$CROP_SIZE" --spacing "$CROP_SPACING" \
+   --frame joint --config "$CONFIG"
+stage grader
+# held-out subjects: segmentation Dice (seen subjects apart), grading metrics, stress sweep, model card
+$S evaluate-segmenter --data "$W/data/DATA.csv" --segmenter "$W/pelvis-unet-demo" --split test,train --limit 8 \
+   --out "$W/eval-segmenter.json"
+$S evaluate --data "$W/data/DATA.csv" --bundle "$W/sij-densenet-demo" --segmenter "$W/pelvis-unet-demo" --out "$W/eval-internal"
+$S evaluate --stress --data "$W/data/DATA.csv" --bundle "$W/sij-densenet-demo" --segmenter "$W/pelvis-unet-demo" \
+   --split test,train --limit 10 --out "$W/eval-stress"
+python tools/model_card.py "$W/sij-densenet-demo" "$W/eval-internal" - "$W/pelvis-unet-demo" "$W/eval-stress" \
+   "$W/eval-segmenter.json"
+stage evaluation
+awk 'NR==1{t0=$2; p=$2; next} {printf "%-12s %6.1f min\n", $1, ($2-p)/60; p=$2} END{printf "%-12s %6.1f min\n", "total", (p-t0)/60}' "$T"

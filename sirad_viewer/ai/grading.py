@@ -1,9 +1,18 @@
 """Joint crops, calibrated grade probabilities, the patient-level rule, and Grad-CAM in CT space.
 
-Crops are world-aligned cubes (canonical axes: slice = superior, row = posterior, column = patient
-left) centred on each joint, sampled at the bundle's spacing and size. The left joint's crop is
-mirrored through its sagittal plane so that one network reads both joints as right joints.
-Everything that maps crops back to the CT (heatmaps) inverts exactly that sampling.
+Crops are cubes centred on each joint, sampled at the bundle's spacing and size, along one of two
+frames (the bundle's ``input.frame``):
+
+- ``joint`` (current bundles): the joint box's own axes, slice = the joint's long axis (superior),
+  row = its anteroposterior axis (posterior), column = its normal pointing medially. A pelvis
+  lying rotated in the scanner gives the same crop, because the box turns with it.
+- ``world`` (older bundles): canonical LPS axes (slice = superior, row = posterior, column =
+  patient left), whatever the pose.
+
+The left joint's crop is mirrored so that one network reads both joints as right joints (in the
+joint frame the mirror is built in: the column axis points medially on both sides, which makes
+the left frame the mirror image of the right one). Everything that maps crops back to the CT
+(heatmaps) inverts exactly that sampling.
 """
 from __future__ import annotations
 
@@ -25,16 +34,40 @@ class CropSpec:
     size: np.ndarray  # (3,) voxels
     window_hu: tuple[float, float]
     mirror_left: bool
+    joint_frame: bool = False  # crops along the joint box's axes (True) or the world's (False)
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> "CropSpec":
         inp = meta["input"]
+        frame = str(inp.get("frame", "world"))
+        if frame not in ("world", "joint"):
+            raise ValueError(f"unknown crop frame {frame!r} in the bundle metadata; expected 'world' or 'joint'")
         return cls(np.asarray(inp["spacing_mm"], float), np.asarray(inp["size"], int),
-                   (float(inp["intensity_window_hu"][0]), float(inp["intensity_window_hu"][1])), bool(inp["mirror_left"]))
+                   (float(inp["intensity_window_hu"][0]), float(inp["intensity_window_hu"][1])), bool(inp["mirror_left"]),
+                   frame == "joint")
 
-    def points(self, center_lps: Sequence[float], side: str, *, pad: int = 0) -> np.ndarray:
-        return G.box_points(center_lps, G.CANONICAL_DIRECTIONS, self.size + 2 * pad, self.spacing_mm,
-                            mirror_x=self.mirror_left and side == "left")
+    def directions(self, side: str, axes: np.ndarray | None = None) -> np.ndarray:
+        """(3, 3) LPS unit vectors of the crop's array axes (rows), mirror included.
+
+        ``axes`` : the joint box's rows (long axis, anteroposterior, lateral normal); ``None``
+        gives the world frame.
+        """
+        mirror = self.mirror_left and side == "left"
+        if axes is None:
+            d = G.CANONICAL_DIRECTIONS.copy()
+            if mirror:
+                d[:, 0] *= -1.0  # reflect LPS x
+            return d
+        a = np.asarray(axes, float)
+        # column points medially (as the world frame's +x does for the right joint); without the
+        # mirror the left joint keeps a right-handed frame
+        col = -a[2] if (side == "right" or mirror) else a[2]
+        return np.stack([a[0], a[1], col])
+
+    def points(self, center_lps: Sequence[float], side: str, *, pad: int = 0,
+               axes: np.ndarray | None = None) -> np.ndarray:
+        """LPS positions of the crop's voxel centres, shape (*size + 2*pad, 3)."""
+        return G.box_points(center_lps, self.directions(side, axes), self.size + 2 * pad, self.spacing_mm)
 
 
 def _sub_block(volume: Volume, pts: np.ndarray, pad: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -47,11 +80,15 @@ def _sub_block(volume: Volume, pts: np.ndarray, pad: int = 2) -> tuple[np.ndarra
 
 
 def extract_crop(volume: Volume, center_lps: Sequence[float], side: str, spec: CropSpec, *, pad: int = 0,
-                 fill_hu: float = -1024.0) -> np.ndarray:
-    """The joint crop in HU (float32, shape ``spec.size + 2*pad``); left crops mirrored when the spec says so."""
+                 fill_hu: float = -1024.0, axes: np.ndarray | None = None) -> np.ndarray:
+    """The joint crop in HU (float32, shape ``spec.size + 2*pad``); left crops mirrored when the spec says so.
+
+    ``axes`` : the joint box's axes (rows long, anteroposterior, lateral normal) for a crop in the
+    joint's own frame; ``None`` for world axes.
+    """
     from scipy import ndimage
 
-    pts = spec.points(center_lps, side, pad=pad)
+    pts = spec.points(center_lps, side, pad=pad, axes=axes)
     block, lo = _sub_block(volume, pts)
     if block.size == 0:
         return np.full(tuple(spec.size + 2 * pad), fill_hu, np.float32)
@@ -158,25 +195,26 @@ class Heatmap:
 
 
 def cam_to_ct(cam: np.ndarray, volume: Volume, center_lps: Sequence[float], side: str, spec: CropSpec,
-              region=None, *, target_grade: int = 0) -> Heatmap:
+              region=None, *, target_grade: int = 0, axes: np.ndarray | None = None) -> Heatmap:
     """Map a crop-space map back onto the CT grid: undo resampling, crop and mirror exactly.
 
     CT index -> LPS -> offset from the crop centre -> (un-mirror) -> crop index is one affine map,
     so the map is resampled with a single ``affine_transform`` over the CT block the crop covers.
     ``region`` (an object with ``center_lps_mm``, ``axes_lps`` and ``size_mm``, e.g. a
-    :class:`JointBox`) limits the map to the joint.
+    :class:`JointBox`) limits the map to the joint. ``axes`` is the frame the crop was taken in
+    (as for :func:`extract_crop`).
     """
     from scipy import ndimage
 
-    pts = spec.points(center_lps, side)
+    pts = spec.points(center_lps, side, axes=axes)
     corners = np.array([pts[i, j, k] for i in (0, -1) for j in (0, -1) for k in (0, -1)])
     _, lo = _sub_block(volume, corners, pad=1)
     idx = volume.world_to_index(corners)
     hi = np.clip(np.ceil(idx.max(axis=0)).astype(int) + 2, 0, np.asarray(volume.shape))
     shape = tuple(int(n) for n in np.maximum(hi - lo, 0))
     a3, t = volume.affine[:3, :3], volume.affine[:3, 3]
-    mirror = np.diag([-1.0, 1.0, 1.0]) if (spec.mirror_left and side == "left") else np.eye(3)
-    d = np.diag(1.0 / spec.spacing_mm) @ G.CANONICAL_DIRECTIONS @ mirror
+    # crop index = diag(1/spacing) @ D @ (LPS - centre) + (size-1)/2, D orthonormal (a reflection when mirrored)
+    d = np.diag(1.0 / spec.spacing_mm) @ spec.directions(side, axes)
     m = d @ a3
     off = d @ (a3 @ lo + t - np.asarray(center_lps, float)) + (spec.size - 1) / 2.0
     block = ndimage.affine_transform(cam.astype(np.float32), m, offset=off, output_shape=shape, order=1,

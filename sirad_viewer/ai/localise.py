@@ -3,12 +3,27 @@
 Works on the segmentation's canonical grid. A joint is where the sacrum and that side's ilium
 meet: sacral voxels within a few millimetres of the ilium and iliac voxels within a few
 millimetres of the sacrum. Fused joints (grade 4) still have this contact surface because the
-segmentation splits the fused bone along the former joint line. The box is centred on the
-contact surface, its axes are the surface's principal directions (long axis, anteroposterior
-extent, normal) and its size covers the surface plus a margin.
+segmentation splits the fused bone along the former joint line.
 
-The sacral long axis is the principal axis of the midline sacrum in the sagittal plane; the
-viewer's oblique-coronal plane contains it.
+Robustness on real CTs (where a coarse segmenter makes mistakes):
+
+- only the densest 60 mm of each side's contact along the pelvis' craniocaudal direction, and
+  then along the joint's own long and anteroposterior axes, counts (a real auricular surface is
+  about 50-60 mm long), so contact of a lumbar arch or transverse
+  process with the iliac crest, or a speck of mislabelled bone, cannot stretch the box;
+- the sacrum ends a little above the joints: sacral label above that level is a lumbar
+  vertebra mislabelled (``Localisation.sacrum_limit``; :meth:`CoarseSegmentation.limit_sacrum`
+  relabels it), and it is left out of the sacral axis.
+
+Each box's axes are the joint's own frame: the normal of the contact surface (pointing
+lateral), the sacral long axis projected into the joint plane (pointing superior), and the
+anteroposterior direction in that plane (pointing posterior). The frame follows the pelvis
+when the patient lies rotated, which is what the grader's crops rely on. The box's size covers
+the trimmed contact surface plus a small margin.
+
+The sacral long axis is the principal axis of the midline sacrum in the pelvis' midsagittal
+plane (perpendicular to the line joining the joints); the viewer's oblique-coronal plane
+contains it.
 
 "Left" is the patient's left: +x in LPS.
 """
@@ -36,7 +51,7 @@ class JointBox:
 
     side: str
     center_lps_mm: np.ndarray  # (3,)
-    axes_lps: np.ndarray  # (3, 3) rows: long axis, anteroposterior extent, joint normal (unit vectors)
+    axes_lps: np.ndarray  # (3, 3) rows: long axis (superior), anteroposterior (posterior), normal (lateral)
     size_mm: np.ndarray  # (3,) full edge lengths along the rows of axes_lps
     contact_voxels: int
 
@@ -61,6 +76,8 @@ class Localisation:
     joints: dict[str, JointBox]
     sacral_axis: tuple[np.ndarray, np.ndarray]  # superior point, inferior point (LPS mm)
     warnings: list[str]
+    # (point, unit normal): sacral label beyond this plane (on the normal's side) is lumbar spine
+    sacrum_limit: tuple[np.ndarray, np.ndarray] | None = None
 
     def sacral_axis_dict(self) -> dict[str, Any]:
         sup, inf = self.sacral_axis
@@ -85,8 +102,38 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return lab == (1 + int(np.argmax(sizes)))
 
 
-def localise(labels: np.ndarray, affine: np.ndarray, *, contact_mm: float = 5.0, margin_mm: float = 8.0) -> Localisation:
+def _robust_window(pts: np.ndarray, direction: np.ndarray, length_mm: float) -> np.ndarray:
+    """Mask of the points inside the ``length_mm`` window along ``direction`` that holds the most of them.
+
+    A joint's contact surface is one sheet about 50-60 mm long; a few contact voxels far from
+    it (a lumbar arch or transverse process next to the iliac crest, a speck of mislabelled
+    bone) must not stretch the box. Ties go to the window nearest the median.
+    """
+    t = (pts - np.median(pts, axis=0)) @ direction
+    order = np.sort(t)
+    hi_idx = np.searchsorted(order, order + length_mm, side="right")
+    counts = hi_idx - np.arange(len(order))
+    best = np.flatnonzero(counts == counts.max())
+    starts = order[best]
+    s = starts[np.argmin(np.abs(starts + length_mm / 2.0))]
+    return (t >= s) & (t <= s + length_mm)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-9)
+
+
+def localise(labels: np.ndarray, affine: np.ndarray, *, contact_mm: float = 5.0, margin_mm: float = 4.0,
+             window_mm: float = 60.0, sacrum_above_mm: float = 15.0) -> Localisation:
     """Joint boxes and sacral axis from a label map on a grid placed by ``affine``.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (S, R, C), 0 background, 1 sacrum, 2 left ilium, 3 right ilium
+    contact_mm : how close sacrum and ilium must come to count as joint surface
+    margin_mm : added on each side of the trimmed contact surface
+    window_mm : the length of contact surface kept along the craniocaudal direction
+    sacrum_above_mm : sacral label more than this above the joints' upper end is not sacrum
 
     Raises
     ------
@@ -100,50 +147,73 @@ def localise(labels: np.ndarray, affine: np.ndarray, *, contact_mm: float = 5.0,
     if sac.sum() * np.prod(sp) < 20_000:  # < 20 ml
         raise LocalisationError("no sacrum found; is the pelvis in the field of view?")
     d_sac = ndimage.distance_transform_edt(~sac, sampling=sp)
-    joints: dict[str, JointBox] = {}
-    warnings: list[str] = []
+    raw: dict[str, np.ndarray] = {}
     for side, lab in SIDES.items():
         il = _largest_component(labels == lab)
         if il.sum() * np.prod(sp) < 10_000:
             raise LocalisationError(f"no {side} ilium found; is the whole pelvis in the field of view?")
         d_il = ndimage.distance_transform_edt(~il, sampling=sp)
         contact = (sac & (d_il <= contact_mm)) | (il & (d_sac <= contact_mm))
-        n = int(contact.sum())
-        if n < 10:
+        if int(contact.sum()) < 10:
             raise LocalisationError(f"the sacrum and the {side} ilium do not meet; no {side} sacroiliac joint found")
-        pts = _world(affine, np.argwhere(contact))
-        c = pts.mean(axis=0)
-        _, _, vt = np.linalg.svd(pts - c, full_matrices=False)
-        axes = vt.copy()
-        # stable signs: long axis points superior, AP axis posterior, normal points lateral (away from midline)
-        if axes[0][2] < 0:
-            axes[0] *= -1
-        if axes[1][1] < 0:
-            axes[1] *= -1
-        axes[2] = np.cross(axes[0], axes[1])
-        if axes[2][0] * (1 if side == "left" else -1) < 0:
-            axes[1] *= -1
-            axes[2] *= -1
-        proj = (pts - c) @ axes.T
-        ext = np.percentile(np.abs(proj), 98, axis=0) * 2.0 + 2.0 * margin_mm
-        ext[2] = max(ext[2], 20.0)
-        joints[side] = JointBox(side, c, axes, ext, n)
-    if np.sign(joints["left"].center_lps_mm[0] - joints["right"].center_lps_mm[0]) != 1:
+        raw[side] = _world(affine, np.argwhere(contact))
+    warnings: list[str] = []
+    # the pelvis' own frame: left-right through the joints, craniocaudal perpendicular to it
+    c_l, c_r = np.median(raw["left"], axis=0), np.median(raw["right"], axis=0)
+    if c_l[0] - c_r[0] <= 0:
         warnings.append("the left joint does not lie to the patient's left of the right joint; check the CT orientation")
-    # sacral long axis: midline sacrum (between the joints' x), principal axis in the y-z plane
-    x_mid = (joints["left"].center_lps_mm[0] + joints["right"].center_lps_mm[0]) / 2.0
-    pts = _world(affine, np.argwhere(sac))
-    mid = pts[np.abs(pts[:, 0] - x_mid) < 12.0]
-    if len(mid) < 20:
-        mid = pts
-    c = mid.mean(axis=0)
-    yz = mid[:, 1:] - c[1:]
-    _, _, vt = np.linalg.svd(yz, full_matrices=False)
-    d = np.array([0.0, vt[0][0], vt[0][1]])
-    if d[2] < 0:
+    lr = _unit(c_l - c_r) if np.linalg.norm(c_l - c_r) > 1e-6 else np.array([1.0, 0.0, 0.0])
+    up = _unit(np.array([0.0, 0.0, 1.0]) - lr[2] * lr)
+    post = np.cross(up, lr)  # LPS: z x x = +y (posterior)
+    pts = {s: p[_robust_window(p, up, window_mm)] for s, p in raw.items()}
+    # the sacrum ends a little above the joints: what lies higher is lumbar spine
+    mid = (c_l + c_r) / 2.0
+    top = max(float(((p - mid) @ up).max()) for p in pts.values())
+    limit_point = mid + up * (top + sacrum_above_mm)
+    sac_idx = np.argwhere(sac)
+    sac_pts = _world(affine, sac_idx)
+    keep = (sac_pts - limit_point) @ up <= 0.0
+    if (~keep).any():
+        warnings.append(f"{int((~keep).sum())} voxels labelled sacrum lie more than {sacrum_above_mm:.0f} mm above the "
+                        "joints (lumbar spine) and were not taken as sacrum")
+    sac_pts = sac_pts[keep]
+    # sacral long axis: midline sacrum, principal axis within the midsagittal plane
+    m = sac_pts[np.abs((sac_pts - mid) @ lr) < 12.0]
+    if len(m) < 20:
+        m = sac_pts
+    c = m.mean(axis=0)
+    q = (m - c) - np.outer((m - c) @ lr, lr)
+    _, _, vt = np.linalg.svd(q, full_matrices=False)
+    d = _unit(vt[0] - (vt[0] @ lr) * lr)
+    if d @ up < 0:
         d = -d
-    t = (mid - c) @ d
+    t = (m - c) @ d
     sup = c + d * np.percentile(t, 98)
     inf = c + d * np.percentile(t, 2)
-    sup[0] = inf[0] = x_mid
-    return Localisation(joints, (sup, inf), warnings)
+    sup -= ((sup - mid) @ lr) * lr  # on the midsagittal plane
+    inf -= ((inf - mid) @ lr) * lr
+    joints: dict[str, JointBox] = {}
+    for side, p in pts.items():
+        c = p.mean(axis=0)
+        _, _, vt = np.linalg.svd(p - c, full_matrices=False)
+        normal = vt[2] * (1.0 if (vt[2] @ lr) * (1 if side == "left" else -1) >= 0 else -1.0)
+        long = d - (d @ normal) * normal
+        if np.linalg.norm(long) < 0.3:  # sacral axis nearly along the normal: fall back to the surface's own
+            long = vt[0] - (vt[0] @ normal) * normal
+        long = _unit(long)
+        if long @ up < 0:
+            long = -long
+        ap = _unit(np.cross(normal, long))
+        if ap @ post < 0:
+            ap = -ap
+        axes = np.stack([long, ap, normal])
+        # the densest window_mm along the joint's own long and anteroposterior axes (robust length)
+        p = p[_robust_window(p, long, window_mm) & _robust_window(p, ap, window_mm)]
+        c = p.mean(axis=0)
+        proj = (p - c) @ axes.T
+        lo, hi = np.percentile(proj, 2, axis=0), np.percentile(proj, 98, axis=0)
+        centre = c + ((lo + hi) / 2.0) @ axes
+        ext = (hi - lo) + 2.0 * margin_mm
+        ext[2] = max(ext[2], 20.0)
+        joints[side] = JointBox(side, centre, axes, ext, len(p))
+    return Localisation(joints, (sup, inf), warnings, (limit_point, up))

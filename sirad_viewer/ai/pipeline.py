@@ -220,7 +220,12 @@ class Grader:
                           self.device, "segment", warnings)
 
     def crops(self, volume: Volume, loc: Localisation, *, pad: int = 0) -> dict[str, np.ndarray]:
-        return {s: GR.extract_crop(volume, loc.joints[s].center_lps_mm, s, self.spec, pad=pad) for s in ("left", "right")}
+        return {s: GR.extract_crop(volume, loc.joints[s].center_lps_mm, s, self.spec, pad=pad,
+                                   axes=self._crop_axes(loc.joints[s])) for s in ("left", "right")}
+
+    def _crop_axes(self, box: JointBox) -> np.ndarray | None:
+        """The joint's own frame when the bundle was trained on joint-frame crops, else world axes."""
+        return box.axes_lps if self.spec.joint_frame else None
 
     def logits(self, crops: Sequence[np.ndarray], warnings: list[str]) -> np.ndarray:
         import torch
@@ -272,6 +277,8 @@ class Grader:
 
         t = stage("localise")
         loc = localise(seg.coarse_labels, seg.affine)
+        if loc.sacrum_limit is not None and hasattr(seg, "limit_sacrum"):
+            seg.limit_sacrum(*loc.sacrum_limit)  # lumbar bone the segmenter took for sacrum
         warnings += loc.warnings
         timings["localise"] = time.perf_counter() - t
 
@@ -298,7 +305,7 @@ class Grader:
 
                 cam, _ = _on_device(run, self.device, "gradcam", warnings)
                 jr.heatmap = GR.cam_to_ct(cam, volume, jr.box.center_lps_mm, side, self.spec, jr.box,
-                                          target_grade=target)
+                                          target_grade=target, axes=self._crop_axes(jr.box))
             timings["gradcam"] = time.perf_counter() - t
         prog("done", 1.0)
         timings["total"] = float(sum(timings.values()))

@@ -61,6 +61,15 @@ class Segmentation:
     def mask(self, label: int) -> np.ndarray:
         return self.labels == label
 
+    def limit_sacrum(self, point_lps: np.ndarray, normal: np.ndarray) -> int:
+        """Sacrum beyond the plane (``point_lps``, ``normal`` pointing superior) becomes other bone."""
+        idx = np.argwhere(self.labels == SACRUM)
+        if not len(idx):
+            return 0
+        above = (self.volume.index_to_world(idx) - np.asarray(point_lps, float)) @ np.asarray(normal, float) > 0
+        self.labels[tuple(idx[above].T)] = OTHER_BONE
+        return int(above.sum())
+
     # the same interface as the learned segmentation's coarse grid (localisation reads these)
     @property
     def coarse_labels(self) -> np.ndarray:

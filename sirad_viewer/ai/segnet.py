@@ -43,6 +43,8 @@ class CoarseSegmentation:
     method: str = "unet"
     notes: list[str] = field(default_factory=list)
     bone_hu: float = 140.0
+    dense_p0_max: float = 0.8  # a dense voxel is bone unless the network is this sure of background
+    faint_p0_min: float = 0.1  # a faint voxel is background unless the network is this sure it is bone
     _labels: np.ndarray | None = None
 
     @property
@@ -84,13 +86,41 @@ class CoarseSegmentation:
             bone_cls = 1 + np.argmax(p[1:], axis=0)
             dense = hu > self.bone_hu
             # dense and plausibly bone -> the likeliest bone; faint -> background unless surely inside bone
-            lab = np.where(dense & (p[0] < 0.8), bone_cls, lab)
-            lab = np.where(~dense & (p[0] > 0.1), 0, lab)
+            lab = np.where(dense & (p[0] < self.dense_p0_max), bone_cls, lab)
+            lab = np.where(~dense & (p[0] > self.faint_p0_min), 0, lab)
             out[k, lo[1]:hi[1], lo[2]:hi[2]] = lab.reshape(jj.shape)
         return out
 
     def mask(self, label: int) -> np.ndarray:
         return self.labels == label
+
+    def limit_sacrum(self, point_lps: np.ndarray, normal: np.ndarray) -> int:
+        """Tidy the bones with what the localisation found; returns the number of coarse voxels changed.
+
+        Sacrum beyond the plane (``point_lps``, ``normal`` pointing superior) is lumbar spine, and
+        pieces of sacrum or ilium apart from that bone's main body (a lumbar arch, a speck) are
+        not that bone: both become other bone. Done in the probabilities, so that the label map,
+        the overlay and everything after agree.
+        """
+        from scipy import ndimage
+
+        prob = self.probabilities
+        lab = np.argmax(prob, axis=0)
+        pts = G.geo.index_to_world(self.affine, np.argwhere(np.ones(lab.shape, bool)).astype(float))
+        above = ((pts - np.asarray(point_lps, float)) @ np.asarray(normal, float) > 0).reshape(lab.shape)
+        move = above & (lab == SACRUM)
+        for k in (SACRUM, LEFT_ILIUM, RIGHT_ILIUM):
+            m = (lab == k) & ~move
+            comp, n = ndimage.label(m, structure=np.ones((3, 3, 3)))
+            if n > 1:
+                sizes = np.bincount(comp.ravel())[1:]
+                move |= m & (comp != 1 + int(np.argmax(sizes)))
+        for k in (SACRUM, LEFT_ILIUM, RIGHT_ILIUM):
+            sel = move & (lab == k) if k != SACRUM else (move & (lab == k)) | above
+            prob[OTHER_BONE][sel] += prob[k][sel]
+            prob[k][sel] = 0.0
+        self._labels = None
+        return int(move.sum())
 
 
 def preprocess(volume: Volume, meta: dict[str, Any]) -> Volume:
@@ -163,27 +193,34 @@ def _augment(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> tupl
     return np.ascontiguousarray(img), np.ascontiguousarray(lab)
 
 
-def train_segmenter(data_csv: str | Path, out_dir: str | Path, *, spacing_mm: float = 4.0, steps: int = 800,
+def train_segmenter(data_csv: str | Path | list[str | Path], out_dir: str | Path, *, spacing_mm: float = 4.0, steps: int = 800,
                     channels: tuple[int, ...] = (8, 16, 32, 64), num_res_units: int = 2, lr: float = 3e-3,
                     seed: int = 0, name: str = "pelvis-unet-demo", version: str = "0.1.0",
+                    init: ModelBundle | None = None,
                     progress: Callable[[int, int, float], None] | None = None) -> ModelBundle:
-    """Train the segmentation UNet on the ``train`` rows of ``data_csv`` (needs a ``labels`` column)."""
+    """Train the segmentation UNet on the ``train`` rows of ``data_csv`` (one CSV or several; needs a ``labels`` column)."""
     import torch
     from monai.losses import DiceCELoss
 
     from sirad_viewer.ai.bundle import build_network
 
-    data_csv = Path(data_csv)
-    rows = [r for r in _read_rows(data_csv) if r.get("split", "train") == "train" and r.get("labels")]
+    csvs = [Path(p) for p in (data_csv if isinstance(data_csv, (list, tuple)) else [data_csv])]
+    rows = [dict(r, _base=str(c.parent)) for c in csvs for r in _read_rows(c)
+            if r.get("split", "train") == "train" and r.get("labels")]
     if not rows:
-        raise ValueError(f"{data_csv}: no train rows with a 'labels' column")
+        raise ValueError(f"{', '.join(map(str, csvs))}: no train rows with a 'labels' column")
+    data_csv = csvs[0]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     window = [-200.0, 1600.0]
-    pairs = [load_training_pair(data_csv.parent / r["image"], data_csv.parent / r["labels"], spacing_mm) for r in rows]
+    pairs = [load_training_pair(Path(r["_base"]) / r["image"], Path(r["_base"]) / r["labels"], spacing_mm) for r in rows]
     arch = {"type": "unet", "config": {"channels": list(channels), "strides": [2] * (len(channels) - 1),
                                        "num_res_units": num_res_units}}
-    net = build_network(arch, n_classes=len(SEGMENTATION_CLASSES))
+    if init is not None:  # continue from a bundle's weights (same architecture)
+        arch = dict(init.metadata["architecture"])
+        net = init.build_network()
+    else:
+        net = build_network(arch, n_classes=len(SEGMENTATION_CLASSES))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -199,13 +236,14 @@ def train_segmenter(data_csv: str | Path, out_dir: str | Path, *, spacing_mm: fl
         opt.step()
         sched.step()
         if progress:
-            progress(step + 1, steps, float(loss))
+            progress(step + 1, steps, float(loss.detach()))
     meta = {
         "name": name, "version": version, "task": "segmentation", "architecture": arch,
         "input": {"spacing_mm": [spacing_mm] * 3, "size": [0, 0, 0], "intensity_window_hu": window,
                   "mirror_left": False, "grid": "whole body, canonical LPS axes, padded to a multiple of 8"},
         "classes": list(SEGMENTATION_CLASSES), "groups": [],
-        "training_data": {"csv": data_csv.name, "cases": len(rows), "steps": steps,
+        "training_data": {"csv": ", ".join(c.name for c in csvs), "cases": len(rows), "steps": steps,
+                          "initialised_from": f"{init.name} {init.version}" if init is not None else None,
                           "seconds": round(time.time() - t0, 1)},
         "metrics": {},
         "intended_use": "Locating the pelvic bones and sacroiliac joints for the SIRAD grading model. Research only.",
@@ -213,3 +251,45 @@ def train_segmenter(data_csv: str | Path, out_dir: str | Path, *, spacing_mm: fl
     }
     net.eval()
     return save_bundle(net, meta, out_dir)
+
+
+def evaluate_segmenter(data_csv: str | Path, bundle: ModelBundle, *, splits: tuple[str, ...] = ("test",),
+                       limit: int | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Dice per bone on the CT grid (refined labels, as the viewer shows them) for rows with a label map.
+
+    Subjects (the ``subject`` column) seen in the ``train`` or ``val`` rows are reported apart from
+    those never trained on (``held-out``). Returns per case and per group (mean, min) Dice.
+    """
+    from sirad_viewer.io import open_volume
+
+    data_csv = Path(data_csv)
+    rows = _read_rows(data_csv)
+    seen = {r.get("subject", "") for r in rows if r.get("split", "train") in ("train", "val")} - {""}
+    chosen = []
+    for sp in splits:  # ``limit`` cases from each split
+        part = [r for r in rows if r.get("split", "train") == sp and r.get("labels")]
+        chosen += part[:limit] if limit else part
+    net = bundle.build_network().to(device)
+    cases = []
+    for r in chosen:
+        vol = open_volume(data_csv.parent / r["image"])
+        truth = np.asarray(open_volume(data_csv.parent / r["labels"]).array)
+        seg = segment_learned(vol, bundle, device=device, network=net)
+        lab = seg.labels
+        d = {}
+        for k, name in ((SACRUM, "sacrum"), (LEFT_ILIUM, "left_hip"), (RIGHT_ILIUM, "right_hip"),
+                        (OTHER_BONE, "other_bone")):
+            a, b = lab == k, truth == k
+            s = int(a.sum() + b.sum())
+            d[name] = float(2 * (a & b).sum() / s) if s else 1.0
+        s = r.get("subject", "")
+        cases.append({"image": r["image"], "subject": s, "group": "seen" if s in seen else "held-out", "dice": d})
+    groups: dict[str, Any] = {}
+    for g in ("held-out", "seen"):
+        cs = [c for c in cases if c["group"] == g]
+        if cs:
+            groups[g] = {"cases": len(cs), **{k: {"mean": round(float(np.mean([c["dice"][k] for c in cs])), 4),
+                                                   "min": round(float(np.min([c["dice"][k] for c in cs])), 4)}
+                                               for k in cs[0]["dice"]}}
+    return {"segmenter": f"{bundle.name} {bundle.version}", "data": str(data_csv), "splits": list(splits),
+            "groups": groups, "cases": cases}

@@ -6,7 +6,7 @@ folder or zip), ``left`` and ``right`` (grades 0-4; empty when a side cannot be 
 the same segmentation and localisation as ``sirad grade``, and the joint crops are cached.
 
 Training: class-weighted cross-entropy, AdamW with a cosine learning-rate schedule, augmentation (shifts of the crop within a margin,
-intensity gain/offset, noise), early stopping on the validation loss, a checkpoint after every
+extra blur, intensity gain/offset, noise), early stopping on the validation loss, a checkpoint after every
 epoch (``--resume`` continues from it), then temperature scaling on the validation split, and a
 bundle written with its metrics.
 """
@@ -111,7 +111,8 @@ class Progress:
 def _cache_key(row: Row, spec: GR.CropSpec, seg_sha: str) -> str:
     st = row.image.stat() if row.image.exists() else None
     h = hashlib.sha256(json.dumps([str(row.image.resolve()), st.st_size if st else 0, st.st_mtime_ns if st else 0,
-                                   spec.spacing_mm.tolist(), spec.size.tolist(), spec.mirror_left, PAD, seg_sha]).encode())
+                                   spec.spacing_mm.tolist(), spec.size.tolist(), spec.mirror_left, spec.joint_frame, PAD,
+                                   seg_sha]).encode())
     return h.hexdigest()[:24]
 
 
@@ -138,7 +139,7 @@ def prepare_crops(rows: Sequence[Row], grader, cache_dir: Path, *, progress: boo
                 from sirad_viewer.ai.localise import localise
 
                 loc = localise(seg.coarse_labels, seg.affine)
-                crops = grader.crops(vol, loc, pad=PAD)
+                crops = grader.crops(vol, loc, pad=PAD)  # in the joint's frame when the spec says so
                 np.savez(f, left=crops["left"].astype(np.float32), right=crops["right"].astype(np.float32))
         except SiradError as exc:
             problems.append(f"{row.image}: {exc.user_message() if hasattr(exc, 'user_message') else exc}")
@@ -164,7 +165,11 @@ def _batch(items, idx, rng, spec, *, augment: bool):
             o = np.full(3, PAD)
         x = c[o[0]:o[0] + s[0], o[1]:o[1] + s[1], o[2]:o[2] + s[2]]
         if augment:
-            x = x * rng.uniform(0.92, 1.08) + rng.uniform(-40, 40)
+            if rng.random() < 0.5:  # a softer kernel must not change the grade: up to ~1.8 mm FWHM extra blur
+                from scipy import ndimage
+
+                x = ndimage.gaussian_filter(x, float(rng.uniform(0.1, 0.75)) * 1.25 / float(spec.spacing_mm[0]))
+            x = x * rng.uniform(0.92, 1.08) + rng.uniform(-60, 60)
             x = x + rng.normal(0, rng.uniform(0, 30), x.shape).astype(np.float32)
         out[k, 0] = GR.normalise(x, spec.window_hu)
     return out
@@ -175,7 +180,7 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
                  config: dict[str, Any] | None = None, epochs: int = 40, batch_size: int = 8, lr: float = 1e-3,
                  patience: int = 8, seed: int = 0, resume: bool = False, name: str = "sij-densenet-demo",
                  version: str = "0.1.0", groups: Sequence[Sequence[int]] = GR.DEFAULT_GROUPS,
-                 device: str = "auto", progress: bool = True,
+                 device: str = "auto", progress: bool = True, frame: str = "joint",
                  log_fn: Callable[[str], None] | None = None) -> ModelBundle:
     """Train, calibrate and write a grading bundle to ``out_dir``; returns it."""
     import torch
@@ -194,8 +199,11 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
     meta: dict[str, Any] = {
         "name": name, "version": version, "task": "grading", "architecture": arch,
         "input": {"spacing_mm": [spacing_mm] * 3, "size": [size] * 3, "intensity_window_hu": list(window_hu),
-                  "mirror_left": True, "orientation": "canonical LPS axes (slice superior, row posterior, "
-                                                      "column patient left), centred on the joint"},
+                  "mirror_left": True, "frame": frame,
+                  "orientation": ("the joint box's axes (slice: the joint's long axis, superior; row: anteroposterior, "
+                                  "posterior; column: the joint normal, medial), centred on the joint" if frame == "joint"
+                                  else "canonical LPS axes (slice superior, row posterior, column patient left), "
+                                       "centred on the joint")},
         "classes": list(GR.GRADES), "groups": [list(g) for g in groups],
         "training_data": {}, "metrics": {}, "intended_use": "", "disclaimer": "",
     }

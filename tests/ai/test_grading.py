@@ -164,3 +164,79 @@ def test_device_policy():
     warnings: list[str] = []
     assert _on_device(fn, "cuda", "grade", warnings) == "cpu"
     assert "out of memory" in warnings[0] and "'grade'" in warnings[0]
+
+
+def _rotated(vol: Volume, axis: str, degrees: float):
+    """The same voxels, the patient turned by ``degrees`` about ``axis`` through the volume centre."""
+    from scipy.spatial.transform import Rotation
+
+    r = Rotation.from_euler(axis, degrees, degrees=True).as_matrix()
+    c = vol.center_world()
+    m = np.eye(4)
+    m[:3, :3], m[:3, 3] = r, c - r @ c
+    return vol.with_array(vol.array, m @ vol.affine), r
+
+
+@pytest.mark.parametrize("axis,degrees", [("z", 15.0), ("y", -15.0), ("x", 15.0)])
+def test_joint_frame_crop_turns_with_the_pelvis(ct, axis, degrees):
+    # a pelvis lying rotated: with the joint box turned with it, the joint-frame crop is the same,
+    # the world-frame crop (what the grader used before) is not
+    spec = _spec(size=32, sp=1.5)
+    frame = GR.CropSpec(spec.spacing_mm, spec.size, spec.window_hu, True, joint_frame=True)
+    c0 = ct.center_world()
+    rot, r = _rotated(ct, axis, degrees)
+    tilt = np.array([[0.0, -0.5, 0.866], [0.0, 0.866, 0.5], [1.0, 0.0, 0.0]])  # long, AP, normal (left: +x lateral)
+    for side, off in (("left", [40.0, 10.0, 5.0]), ("right", [-40.0, 10.0, 5.0])):
+        axes = tilt * np.array([[1.0], [1.0], [1.0 if side == "left" else -1.0]])
+        c = c0 + np.array(off)
+        a = GR.normalise(GR.extract_crop(ct, c, side, frame, axes=axes), spec.window_hu)
+        b = GR.normalise(GR.extract_crop(rot, r @ (c - c0) + c0, side, frame, axes=axes @ r.T), spec.window_hu)
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.95, side
+        wa = GR.normalise(GR.extract_crop(ct, c, side, spec), spec.window_hu)
+        wb = GR.normalise(GR.extract_crop(rot, r @ (c - c0) + c0, side, spec), spec.window_hu)
+        assert np.corrcoef(wa.ravel(), wb.ravel())[0, 1] < 0.9, side
+
+
+def test_joint_frame_left_crop_is_the_mirror_image_of_the_right(ct):
+    # mirrored CT, mirrored box: the left joint there reads exactly as the right joint here
+    spec = GR.CropSpec(np.full(3, 2.0), np.full(3, 24, int), (-200.0, 1500.0), True, joint_frame=True)
+    c = ct.center_world()
+    mirror = np.diag([-1.0, 1.0, 1.0, 1.0])
+    mirror[0, 3] = 2 * c[0]
+    flipped = ct.with_array(ct.array, mirror @ ct.affine)
+    p = c + np.array([-45.0, 12.0, 3.0])
+    p_m = p * np.array([-1, 1, 1]) + np.array([2 * c[0], 0, 0])
+    axes_r = np.array([[0.2, -0.5, 0.84], [0.0, 0.86, 0.51], [-0.98, -0.1, 0.17]])
+    axes_r /= np.linalg.norm(axes_r, axis=1, keepdims=True)
+    axes_l = axes_r * np.array([-1.0, 1.0, 1.0])  # the mirror image of each axis
+    np.testing.assert_allclose(GR.extract_crop(ct, p, "right", spec, axes=axes_r),
+                               GR.extract_crop(flipped, p_m, "left", spec, axes=axes_l), atol=1e-2)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_joint_frame_heatmap_maps_back_to_the_same_world_point(ct, side):
+    spec = GR.CropSpec(np.full(3, 2.0), np.full(3, 24, int), (-200.0, 1500.0), True, joint_frame=True)
+    axes = np.array([[0.3, -0.6, 0.74], [0.0, 0.78, 0.62], [0.95, 0.18, -0.24]])
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    centre = ct.center_world() + np.array([30.0, -5.0, 8.0])
+    from scipy import ndimage
+
+    cam = np.zeros(tuple(spec.size), np.float32)
+    k = np.array([6, 15, 4])
+    cam[tuple(k)] = 1.0
+    cam = ndimage.gaussian_filter(cam, 1.5)
+    cam /= cam.max()
+    expected = spec.points(centre, side, axes=axes)[tuple(k)]
+    hm = GR.cam_to_ct(cam, ct, centre, side, spec, axes=axes)
+    peak = ct.index_to_world(hm.peak_index())
+    assert np.linalg.norm(peak - expected) < 1.5 * max(ct.spacing)
+
+
+def test_bundle_frame_is_read_and_checked():
+    meta = {"input": {"spacing_mm": [1, 1, 1], "size": [8, 8, 8], "intensity_window_hu": [0, 1], "mirror_left": True}}
+    assert not GR.CropSpec.from_metadata(meta).joint_frame  # older bundles: world axes
+    meta["input"]["frame"] = "joint"
+    assert GR.CropSpec.from_metadata(meta).joint_frame
+    meta["input"]["frame"] = "sideways"
+    with pytest.raises(ValueError, match="frame"):
+        GR.CropSpec.from_metadata(meta)

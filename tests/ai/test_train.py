@@ -100,3 +100,33 @@ def test_resume_continues_from_the_checkpoint(zero_vs_four, tmp_path):
     b = train_grader(zero_vs_four, tmp_path / "b", epochs=3, resume=True, log_fn=msgs.append, **kw)
     assert any("resumed" in m and "epoch 2" in m for m in msgs)
     assert [h["epoch"] for h in b.metadata["training_data"]["history"]] == [1, 2, 3]
+
+
+def test_segmenter_trains_on_several_data_sets(tmp_path, small_phantom):
+    # train_demo_models.sh trains the UNet on atlas phantoms plus analytic ones: two DATA.csv files
+    from sirad_viewer.ai.bundle import load_bundle
+    from sirad_viewer.ai.segnet import train_segmenter
+    from sirad_viewer.phantom import write_phantom
+
+    csvs = []
+    for k, (left, right) in enumerate([(0, 4), (2, 1)]):
+        d = tmp_path / f"set{k}"
+        files = write_phantom(small_phantom(left, right, seed=20 + k, matrix=64), d / "case")
+        rel = {key: str(__import__("pathlib").Path(files[key]).relative_to(d)) for key in ("ct", "labels")}
+        csvs.append(_write_csv(d / "DATA.csv", [[rel["ct"], left, right, "X", "train", rel["labels"]],
+                                                 [rel["ct"], left, right, "X", "test", rel["labels"]]],
+                               header=("image", "left", "right", "site", "split", "labels")))
+    b = train_segmenter(csvs, tmp_path / "seg", steps=2, channels=(4, 8, 16, 32), num_res_units=0)
+    meta = load_bundle(b.path).metadata
+    assert meta["training_data"]["cases"] == 2 and meta["training_data"]["steps"] == 2  # the train rows of both
+    # fine-tuning continues from those weights (same architecture), not from scratch
+    first = load_bundle(b.path)
+    b2 = train_segmenter(csvs[0], tmp_path / "seg2", steps=1, lr=0.0, init=first, version="0.0.2")
+    m2 = load_bundle(b2.path).metadata
+    assert m2["training_data"]["initialised_from"] == f"{first.name} {first.version}"
+    assert m2["architecture"] == meta["architecture"]
+    import torch
+
+    sd1, sd2 = first.state_dict(), load_bundle(b2.path).state_dict()
+    assert all(torch.allclose(torch.as_tensor(sd1[k]).float(), torch.as_tensor(sd2[k]).float()) for k in sd1
+               if "weight" in k)  # lr 0: unchanged weights
