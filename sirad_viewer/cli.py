@@ -331,7 +331,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from sirad_viewer.ai.calibration import calibrate_bundle
 
     res = calibrate_bundle(args.bundle, args.data, split=args.split, segmenter_path=args.segmenter, device=args.device,
-                           min_joints=args.min_joints, ood_sites=args.ood_sites or None)
+                           min_joints=args.min_joints, ood_sites=args.ood_sites or None, cache_dir=args.cache)
     c, o = res["calibration"], res["ood"]
     print(f"wrote {Path(args.bundle) / 'metadata.json'}: temperature {c['temperature']} on {c['joints']} joints "
           f"({c['failed_cases']} case(s) not graded); ECE {c['val_before']['ece']:.3f} -> {c['val_after']['ece']:.3f}, "
@@ -345,7 +345,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from sirad_viewer.ai.evaluate import evaluate
 
     doc = evaluate(args.data, args.bundle, args.out, by=args.by, split=args.split, device=args.device,
-                   segmenter_path=args.segmenter, n_boot=args.bootstrap)
+                   segmenter_path=args.segmenter, n_boot=args.bootstrap, cache_dir=args.cache)
     print((Path(args.out) / "summary.md").read_text())
     print(f"wrote {args.out}/metrics.json, summary.md, predictions.csv, ROC curves and reliability diagrams"
           + (f"; {len(doc['failures'])} case(s) could not be graded (counted as failures)" if doc["failures"] else ""))
@@ -473,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--by", choices=("site",), help="also report per site")
     e.add_argument("--split", default="auto", help="train, val, test, all or auto (test when present, else all)")
     e.add_argument("--bootstrap", type=int, default=1000, help="patient bootstrap resamples (default 1000)")
+    e.add_argument("--cache", metavar="DIR", help="keep each CT's raw logits and features here (shared with calibrate)")
     e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     e.set_defaults(func=cmd_evaluate)
 
@@ -489,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--ood-sites", nargs="*", help="sites whose joints define 'in distribution' "
                                                     "(default: the bundle's training sites)")
     cb.add_argument("--segmenter", help="segmentation bundle (default: the installed one)")
+    cb.add_argument("--cache", metavar="DIR", help="keep each CT's raw logits and features here (shared with evaluate)")
     cb.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     cb.set_defaults(func=cmd_calibrate)
 

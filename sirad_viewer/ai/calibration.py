@@ -133,12 +133,26 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, min_joints: int =
     return t
 
 
-def collect_joints(grader, rows: Sequence[Any], *, progress: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _cache_file(cache_dir: Path, grader, image: Path) -> Path:
+    import hashlib
+
+    st = image.stat() if image.exists() else None
+    seg = grader.segmenter.metadata["weights"]["sha256"] if grader.segmenter is not None else "classical"
+    key = json.dumps([str(image.resolve()), st.st_size if st else 0, st.st_mtime_ns if st else 0,
+                      grader.bundle.metadata["weights"]["sha256"], seg, grader.spec.spacing_mm.tolist(),
+                      grader.spec.size.tolist()])
+    return cache_dir / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+
+
+def collect_joints(grader, rows: Sequence[Any], *, progress: bool = True, cache_dir: str | Path | None = None,
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Grade every row; returns (joints, failures).
 
-    joints: one dict per graded joint with image, side, site, split, truth, logits (raw) and features.
-    failures: one dict per row that could not be graded (image, site, split, sides, message), so that
-    callers count them rather than drop them.
+    joints: one dict per graded joint with image, side, site, split, truth, logits (raw), features and the
+    OOD check (with the grader's current statistics). failures: one dict per row that could not be
+    graded (image, site, split, truth per side, code, message), so that callers count them rather than
+    drop them. ``cache_dir`` keeps each CT's raw logits and features (keyed by file, weights and crop
+    spec), so calibrating and evaluating the same rows grades each CT once.
     """
     from sirad_viewer.ai.train import Progress
     from sirad_viewer.io import open_volume
@@ -146,20 +160,30 @@ def collect_joints(grader, rows: Sequence[Any], *, progress: bool = True) -> tup
     out: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     bar = Progress(len(rows), "grading") if progress else None
+    cdir = Path(cache_dir) if cache_dir is not None else None
+    if cdir is not None:
+        cdir.mkdir(parents=True, exist_ok=True)
     for row in rows:
         graded = {s: g for s, g in (("left", row.left), ("right", row.right)) if g is not None}
-        try:
-            res = grader(open_volume(row.image), heatmaps=False)
-        except SiradError as exc:
+        cf = _cache_file(cdir, grader, Path(row.image)) if cdir is not None else None
+        rec = json.loads(cf.read_text()) if cf is not None and cf.exists() else None
+        if rec is None:
+            try:
+                res = grader(open_volume(row.image), heatmaps=False)
+                rec = {s: {"logits": j.logits.tolist(), "features": j.features.tolist()} for s, j in res.joints.items()}
+            except SiradError as exc:
+                rec = {"error": {"code": exc.code, "message": exc.user_message()}}
+            if cf is not None:
+                cf.write_text(json.dumps(rec))
+        if "error" in rec:
             failed.append({"image": str(row.image), "site": row.site, "split": row.split, "truth": graded,
-                           "code": exc.code, "message": exc.user_message()})
-            res = None
-        if res is not None:
+                           **rec["error"]})
+        else:
             for side, g in graded.items():
-                j = res.joints[side]
+                f = np.asarray(rec[side]["features"], float)
                 out.append({"image": str(row.image), "side": side, "site": row.site, "split": row.split, "truth": int(g),
-                            "logits": np.asarray(j.logits, float), "features": np.asarray(j.features, float),
-                            "ood": j.ood})
+                            "logits": np.asarray(rec[side]["logits"], float), "features": f,
+                            "ood": grader.ood.check(f)[0] if grader.ood is not None else None})
         if bar:
             bar.update()
     return out, failed
@@ -168,7 +192,8 @@ def collect_joints(grader, rows: Sequence[Any], *, progress: bool = True) -> tup
 def calibrate_bundle(bundle_path: str | Path, data_csv: str | Path | Sequence[str | Path], *, split: str = "val",
                      segmenter_path: str | Path | None = None, device: str = "auto", min_joints: int = 100,
                      ood_sites: Sequence[str] | None = None, progress: bool = True,
-                     allow_uncalibrated: bool = False, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+                     allow_uncalibrated: bool = False, cache_dir: str | Path | None = None,
+                     say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fit temperature and OOD statistics on ``split`` of one or more DATA.csv; write them into the bundle.
 
     ``allow_uncalibrated`` (used by ``sirad train``): a split that cannot determine the temperature
@@ -188,7 +213,7 @@ def calibrate_bundle(bundle_path: str | Path, data_csv: str | Path | Sequence[st
     seg = find_bundle("segmentation", segmenter_path) if segmenter_path else None
     grader = Grader(bundle, seg, device=device)
     grader.ood = None  # score nothing while the statistics are being fitted
-    joints, failed = collect_joints(grader, rows, progress=progress)
+    joints, failed = collect_joints(grader, rows, progress=progress, cache_dir=cache_dir)
     for f in failed:
         say(f"not graded (counted, not used for fitting): {f['message']}")
     if not joints:

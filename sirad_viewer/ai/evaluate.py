@@ -68,12 +68,41 @@ def patient_bootstrap(stat: Callable[[np.ndarray], float], cases: np.ndarray, *,
     return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
 
 
+_KAPPA_W = {None: 1.0 - np.eye(5), "linear": np.abs(np.subtract.outer(np.arange(5), np.arange(5))).astype(float),
+            "quadratic": np.subtract.outer(np.arange(5), np.arange(5)).astype(float) ** 2}
+
+
 def _kappa(y: np.ndarray, yhat: np.ndarray, weights: str | None) -> float:
+    """Cohen's kappa over grades 0-4 (scikit-learn's ``cohen_kappa_score``)."""
     from sklearn.metrics import cohen_kappa_score
 
     if len(np.unique(np.r_[y, yhat])) < 2:
         return 1.0 if np.all(y == yhat) else float("nan")
     return float(cohen_kappa_score(y, yhat, labels=list(GR.GRADES), weights=weights))
+
+
+def _kappa_fast(y: np.ndarray, yhat: np.ndarray, weights: str | None) -> float:
+    """The same kappa from one bincount: scikit-learn's call costs ~1 ms, too slow for 1000 resamples x 3 weights
+    (tests check that both agree)."""
+    o = np.bincount(5 * y + yhat, minlength=25).reshape(5, 5).astype(float)
+    n = o.sum()
+    e = np.outer(o.sum(1), o.sum(0)) / n
+    w = _KAPPA_W[weights]
+    den = (w * e).sum()
+    return float(1.0 - (w * o).sum() / den) if den > 0 else (1.0 if np.all(y == yhat) else float("nan"))
+
+
+def _auc_fast(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Mann-Whitney AUC (ties one half), equal to ``roc_auc_score``; used inside the bootstrap for speed."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(positive, bool)
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    r = rankdata(scores)
+    return float((r[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
 
 
 def confusion(truth: Sequence[int], pred: Sequence[int], n: int) -> list[list[int]]:
@@ -111,20 +140,21 @@ def metrics_for(preds: list[dict[str, Any]], groups: Sequence[Sequence[int]], *,
     out["accuracy_ci95"] = list(patient_bootstrap(lambda i: float(np.mean(yhat[i] == y[i])), cases, n_boot=n_boot, seed=1))
     for w, sk in (("unweighted", None), ("linear", "linear"), ("quadratic", "quadratic")):
         k = _kappa(y, ykap, sk)
-        ci = patient_bootstrap(lambda i, sk=sk: _kappa(y[i], ykap[i], sk), cases, n_boot=n_boot, seed=2)
+        ci = patient_bootstrap(lambda i, sk=sk: _kappa_fast(y[i], ykap[i], sk), cases, n_boot=n_boot, seed=2)
         out[f"kappa_{w}"] = {"kappa": k, "ci95": list(ci)}
     out["auc_per_grade"] = {}
     for g in GR.GRADES:
         pos = y == g
         out["auc_per_grade"][str(g)] = {
             "auc": auc(prob[:, g], pos), "positives": int(pos.sum()),
-            "ci95": list(patient_bootstrap(lambda i, g=g: auc(prob[i, g], y[i] == g), cases, n_boot=n_boot, seed=10 + g))}
+            "ci95": list(patient_bootstrap(lambda i, g=g: _auc_fast(prob[i, g], y[i] == g), cases, n_boot=n_boot,
+                                           seed=10 + g))}
     out["auc_per_category"] = {}
     for k, grp in enumerate(groups):
         label = f"{grp[0]}-{grp[-1]}" if len(grp) > 1 else str(grp[0])
         out["auc_per_category"][label] = {
             "auc": auc(cprob[:, k], cat == k), "positives": int((cat == k).sum()),
-            "ci95": list(patient_bootstrap(lambda i, k=k: auc(cprob[i, k], cat[i] == k), cases, n_boot=n_boot,
+            "ci95": list(patient_bootstrap(lambda i, k=k: _auc_fast(cprob[i, k], cat[i] == k), cases, n_boot=n_boot,
                                            seed=20 + k))}
     out["confusion_5"] = confusion(y, yhat, 5)
     out["confusion_3"] = confusion(cat, chat, len(groups))
@@ -164,7 +194,7 @@ def _patient_metrics(preds: list[dict[str, Any]], *, n_boot: int) -> dict[str, A
     return {"n": len(ta), "positives": int(ta.sum()), "failed": int(sum(fail)), "accuracy": float(np.mean(da == ta)),
             "sensitivity": float(np.mean(da[ta])) if ta.any() else float("nan"),
             "specificity": float(np.mean(~da[~ta])) if (~ta).any() else float("nan"),
-            "auc": auc(pa, ta), "auc_ci95": list(patient_bootstrap(lambda i: auc(pa[i], ta[i]), ids, n_boot=n_boot,
+            "auc": auc(pa, ta), "auc_ci95": list(patient_bootstrap(lambda i: _auc_fast(pa[i], ta[i]), ids, n_boot=n_boot,
                                                                    seed=30))}
 
 
@@ -240,7 +270,7 @@ def summary_markdown(results: dict[str, Any], model: dict[str, str], failures: l
 
 def evaluate(data_csv: str | Path, bundle_path: str | Path | None, out_dir: str | Path, *, by: str | None = None,
              split: str = "auto", device: str = "auto", n_boot: int = 1000, progress: bool = True,
-             segmenter_path: str | Path | None = None) -> dict[str, Any]:
+             segmenter_path: str | Path | None = None, cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Predict every graded joint of the chosen rows and write the metrics; returns the metrics dict."""
     from sirad_viewer.ai.calibration import collect_joints, reliability_diagram
     from sirad_viewer.ai.pipeline import Grader, find_bundle
@@ -256,7 +286,7 @@ def evaluate(data_csv: str | Path, bundle_path: str | Path | None, out_dir: str 
     grader = Grader(find_bundle("grading", bundle_path), seg, device=device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    joints, failures = collect_joints(grader, rows, progress=progress)
+    joints, failures = collect_joints(grader, rows, progress=progress, cache_dir=cache_dir)
     preds: list[dict[str, Any]] = [
         {"image": j["image"], "side": j["side"], "site": j["site"], "truth": j["truth"],
          "probabilities": [float(p) for p in GR.softmax(j["logits"], grader.temperature)], "ood": j["ood"]}

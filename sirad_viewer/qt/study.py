@@ -29,8 +29,9 @@ CONFIDENCE_SCORE = {"low": 1, "medium": 2, "high": 3}
 def ai_summary(result: Any) -> dict[str, Any]:
     """What the reader was shown, for the study's log and export."""
     d = result.to_dict()
-    return {"model": d["model"],
-            "joints": {s: {"grade": j["grade"], "probabilities": j["probabilities"]} for s, j in d["joints"].items()},
+    return {"model": d["model"], "ood_flagged": d.get("ood_flagged", False), "reliability": d.get("reliability"),
+            "joints": {s: {"grade": j["grade"], "probabilities": j["probabilities"], "ood": j.get("ood")}
+                       for s, j in d["joints"].items()},
             "patient": d["patient"]}
 
 
