@@ -15,6 +15,7 @@ Rows (each side in a fresh child process, torch limited to the machine's cores; 
   load the models before the clock starts).
 
 Peak memory is the child's VmHWM above its baseline after imports.
+"""
 from __future__ import annotations
 
 import json
