@@ -89,7 +89,7 @@ def test_calibrate_bundle_writes_temperature_and_ood_and_keeps_the_weights(tiny_
               for i in range(160)]
     failures = [{"image": "bad", "site": "A", "split": "val", "truth": {"left": 1}, "code": "not_a_pelvis",
                  "message": "bad: not a pelvis"}]
-    monkeypatch.setattr(C, "collect_joints", lambda grader, rows, progress=True: (joints, failures))
+    monkeypatch.setattr(C, "collect_joints", lambda grader, rows, progress=True, cache_dir=None: (joints, failures))
     csv = tmp_path / "DATA.csv"
     csv.write_text("image,left,right,site,split\nx.nii.gz,1,2,A,val\n")
     sha = tiny_bundle.metadata["weights"]["sha256"]
@@ -112,7 +112,7 @@ def test_calibrate_refuses_a_split_the_network_separates_perfectly(tiny_bundle, 
     logits, _ = _sampled(120, 1.0)
     joints = [{"image": f"c{i // 2}", "side": "left", "site": "A", "split": "val", "truth": int(logits[i].argmax()),
                "logits": logits[i], "features": np.random.default_rng(i).normal(size=4), "ood": None} for i in range(120)]
-    monkeypatch.setattr(C, "collect_joints", lambda grader, rows, progress=True: (joints, []))
+    monkeypatch.setattr(C, "collect_joints", lambda grader, rows, progress=True, cache_dir=None: (joints, []))
     csv = tmp_path / "DATA.csv"
     csv.write_text("image,left,right,site,split\nx.nii.gz,1,2,A,val\n")
     before = (tiny_bundle.path / "metadata.json").read_text()
