@@ -283,18 +283,27 @@ def cmd_study_demo(args: argparse.Namespace) -> int:
 # --- AI: grade, train, evaluate ----------------------------------------------------------------
 
 def _grade_text(d: dict) -> str:
-    lines = [f"model      {d['model']['name']} {d['model']['version']} (segmentation: {d['model'].get('segmentation', '?')})",
-             f"device     {d['device']}"]
+    lines = []
+    if d.get("ood_flagged"):  # before any grade, never in a footnote
+        lines.append(f"!! {d['reliability']}")
+    lines += [f"model      {d['model']['name']} {d['model']['version']} (segmentation: {d['model'].get('segmentation', '?')})",
+              f"device     {d['device']}"]
     for side in ("right", "left"):
         j = d["joints"][side]
         probs = " ".join(f"{g}:{p:.2f}" for g, p in enumerate(j["probabilities"]))
         cats = " ".join(f"{p:.2f}" for p in j["category3_probabilities"])
         c = j["center_lps_mm"]
-        lines.append(f"{side:<6} SIJ  grade {j['grade']}  (p {probs})  3-category {j['category3_label']} "
-                     f"(p {cats})  at ({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}) mm LPS")
+        ood = j.get("ood")
+        flag = "UNLIKE THE TRAINING DATA, NOT RELIABLE: " if ood and ood["flagged"] else ""
+        lines.append(f"{side:<6} SIJ  {flag}grade {j['grade']} (category {j['category3_label']})  (p {probs}; "
+                     f"category p {cats})  at ({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}) mm LPS"
+                     + (f"  OOD score {ood['score']:.1f} / threshold {ood['threshold']:.1f}" if ood else ""))
     pt = d["patient"]
-    lines.append(f"patient    modified New York {'POSITIVE' if pt['as_positive'] else 'negative'} "
-                 f"(P(positive) = {pt['probability']:.2f} under the joint model)")
+    lines.append(f"patient    {'UNRELIABLE: ' if d.get('ood_flagged') else ''}modified New York "
+                 f"{'POSITIVE' if pt['as_positive'] else 'negative'} (P(positive) = {pt['probability']:.2f}; positive "
+                 "when P >= 0.5)")
+    if pt.get("explanation"):
+        lines.append(f"           {pt['explanation']}")
     lines.append("timings    " + ", ".join(f"{k} {v:.2f} s" for k, v in d["timings_s"].items()))
     for w in d["warnings"]:
         lines.append(f"warning    {w}")
@@ -394,6 +403,22 @@ def cmd_evaluate_segmenter(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- calibrate / evaluate (honest confidence: sirad_viewer/ai/calibration.py, evaluate.py) ---------
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from sirad_viewer.ai.calibration import calibrate_bundle
+
+    res = calibrate_bundle(args.bundle, args.data, split=args.split, segmenter_path=args.segmenter, device=args.device,
+                           min_joints=args.min_joints, ood_sites=args.ood_sites or None, cache_dir=args.cache)
+    c, o = res["calibration"], res["ood"]
+    print(f"wrote {Path(args.bundle) / 'metadata.json'}: temperature {c['temperature']} on {c['joints']} joints "
+          f"({c['failed_cases']} case(s) not graded); ECE {c['val_before']['ece']:.3f} -> {c['val_after']['ece']:.3f}, "
+          f"Brier {c['val_before']['brier']:.3f} -> {c['val_after']['brier']:.3f}; OOD threshold {o['threshold']:.2f} "
+          f"({o['n_fit']} joints of {', '.join(o['fit_sites']) or 'all sites'}, cross-fitted pass rate "
+          f"{o['cross_fitted_pass_rate']:.2f})")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if getattr(args, "stress", False):  # the stress sweep (sirad_viewer.ai.stress)
         from sirad_viewer.ai.stress import stress_sweep
@@ -406,10 +431,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from sirad_viewer.ai.evaluate import evaluate
 
     doc = evaluate(args.data, args.bundle, args.out, by=args.by, split=args.split, device=args.device,
-                   segmenter_path=args.segmenter)
+                   segmenter_path=args.segmenter, n_boot=args.bootstrap, cache_dir=args.cache)
     print((Path(args.out) / "summary.md").read_text())
-    print(f"wrote {args.out}/metrics.json, summary.md, predictions.csv and ROC curves"
-          + (f"; {len(doc['problems'])} case(s) skipped" if doc["problems"] else ""))
+    print(f"wrote {args.out}/metrics.json, summary.md, predictions.csv, ROC curves and reliability diagrams"
+          + (f"; {len(doc['failures'])} case(s) could not be graded (counted as failures)" if doc["failures"] else ""))
     return 0
 
 
@@ -699,13 +724,19 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
     es.set_defaults(func=cmd_evaluate_segmenter)
 
-    e = sub.add_parser("evaluate", help="AUC with CI, kappas, confusion matrices and ROC curves of a bundle on DATA.csv")
+    e = sub.add_parser("evaluate", help="AUCs with patient-bootstrap CIs, kappas, calibration, failures of a bundle on DATA.csv",
+                       description="Grade every row of DATA.csv (the test split when there is one) and write per-grade "
+                                   "and per-category one-vs-rest AUCs and kappas with patient-bootstrap 95% CIs, ECE, "
+                                   "Brier score and a reliability diagram, OOD flag rates, and the patient-level "
+                                   "result. Cases that cannot be graded count as failures in every figure.")
     e.add_argument("--data", required=True)
     e.add_argument("--bundle", help="grading bundle (default: the installed one)")
     e.add_argument("--segmenter", help="segmentation bundle (default: the installed one)")
     e.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
     e.add_argument("--by", choices=("site",), help="also report per site")
     e.add_argument("--split", default="auto", help="train, val, test, all or auto (test when present, else all)")
+    e.add_argument("--bootstrap", type=int, default=1000, help="patient bootstrap resamples (default 1000)")
+    e.add_argument("--cache", metavar="DIR", help="keep each CT's raw logits and features here (shared with calibrate)")
     e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     e.add_argument("--stress", action="store_true",
                    help="stress sweep instead: blur, 3 mm slices, 15 degree rotations, HU offset, double noise; "
@@ -713,6 +744,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="with --stress: only the first N cases of each split "
                                              "(--split test,train compares held-out with seen subjects)")
     e.set_defaults(func=cmd_evaluate)
+
+    cb = sub.add_parser("calibrate", help="fit the temperature and the OOD statistics of a trained bundle on DATA.csv",
+                        description="Post-hoc, on any trained grading bundle: grade the --split rows of DATA.csv (one or "
+                                    "more files), fit the temperature on all their joints (>= --min-joints, not all "
+                                    "graded correctly) and the out-of-distribution statistics on the joints of the "
+                                    "bundle's training sites (threshold: 95%% of them pass); write both into BUNDLE/"
+                                    "metadata.json.")
+    cb.add_argument("bundle", help="grading bundle folder (its metadata.json is rewritten)")
+    cb.add_argument("data", nargs="+", help="DATA.csv file(s)")
+    cb.add_argument("--split", default="val", help="rows used (default: val; 'all' for every row)")
+    cb.add_argument("--min-joints", type=int, default=100)
+    cb.add_argument("--ood-sites", nargs="*", help="sites whose joints define 'in distribution' "
+                                                    "(default: the bundle's training sites)")
+    cb.add_argument("--segmenter", help="segmentation bundle (default: the installed one)")
+    cb.add_argument("--cache", metavar="DIR", help="keep each CT's raw logits and features here (shared with evaluate)")
+    cb.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    cb.set_defaults(func=cmd_calibrate)
 
     r = sub.add_parser("report", help="case report (HTML or PDF): key images, reader and AI grades, model card",
                        description="Run the AI on PATH and write a case report: oblique coronal key images through "

@@ -21,7 +21,8 @@ import numpy as np
 
 from sirad_viewer.ai import grading as GR
 from sirad_viewer.ai.bundle import BundleError, ModelBundle, discover_bundles
-from sirad_viewer.ai.localise import JointBox, Localisation, localise
+from sirad_viewer.ai.localise import JointBox, Localisation, LocalisationError, localise
+from sirad_viewer.ai.ood import NOT_RELIABLE, forward_with_features, ood_from_bundle
 from sirad_viewer.errors import CancelledError, SiradError
 from sirad_viewer.imaging.volume import Volume
 
@@ -34,6 +35,32 @@ DISCLAIMER = ("Research software. The demo models are trained on synthetic phant
 
 class DeviceError(SiradError):
     code = "device_unavailable"
+
+
+class NotAPelvisError(SiradError):
+    """The CT does not show a pelvis with both sacroiliac joints: no grade is given."""
+
+    code = "not_a_pelvis"
+
+
+#: An adult sacrum is about 200-400 ml; 100 ml still admits a sacrum half cut off by the field of view.
+MIN_SACRUM_ML = 100.0
+
+
+def check_pelvis(seg_labels: np.ndarray, seg_affine: np.ndarray, source: str = "") -> None:
+    """Refuse CTs whose segmentation cannot be a pelvis (a head, an abdomen without the sacrum).
+
+    The segmentation network labels *some* bone "sacrum" in any CT; a skull gives a few tens of ml.
+    Raises :class:`NotAPelvisError` naming the volume found and the volume expected.
+    """
+    from sirad_viewer.ai.localise import SACRUM
+    from sirad_viewer.imaging import geometry as geo
+
+    ml = float((seg_labels == SACRUM).sum() * np.prod(geo.affine_spacing(seg_affine)) / 1000.0)
+    if ml < MIN_SACRUM_ML:
+        raise NotAPelvisError(f"this CT does not look like a pelvis: the bone taken for the sacrum is {ml:.0f} ml, an "
+                              f"adult sacrum is about 200-400 ml (at least {MIN_SACRUM_ML:.0f} ml is required); "
+                              "no grade is given", path=source or None, context={"sacrum_ml": round(ml, 1)})
 
 
 def resolve_device(preference: str = "auto") -> str:
@@ -90,9 +117,12 @@ class JointResult:
     logits: np.ndarray
     groups: list[list[int]]
     heatmap: GR.Heatmap | None = None
+    features: np.ndarray | None = None  # penultimate features (for the OOD score)
+    ood: dict[str, Any] | None = None  # {"score", "threshold", "flagged"}; None when the bundle has no OOD statistics
 
     @property
     def grade(self) -> int:
+        """The grade shown: the most probable one; a tie goes to the lower grade (``np.argmax``)."""
         return int(np.argmax(self.probabilities))
 
     @property
@@ -101,23 +131,64 @@ class JointResult:
 
     @property
     def category3(self) -> int:
-        return int(np.argmax(self.category3_probabilities))
+        """The category of the grade shown (never a different argmax over the summed probabilities)."""
+        return category_of(self.grade, self.groups)
 
     def category_label(self) -> str:
         g = self.groups[self.category3]
         return f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0])
 
+    @property
+    def ood_flagged(self) -> bool:
+        return bool(self.ood and self.ood["flagged"])
+
     def to_dict(self) -> dict[str, Any]:
+        cp = self.category3_probabilities
         return {
             "center_lps_mm": [round(float(v), 2) for v in self.box.center_lps_mm],
+            "reliability": NOT_RELIABLE if self.ood_flagged else None,
+            "ood": None if self.ood is None else dict(self.ood),
             "grade": self.grade,
             "probabilities": [round(float(p), 4) for p in self.probabilities],
             "category3": self.category3,
             "category3_label": self.category_label(),
-            "category3_probabilities": [round(float(p), 4) for p in self.category3_probabilities],
+            "category3_probabilities": [round(float(p), 4) for p in cp],
+            "category3_most_probable": int(np.argmax(cp)),
             "box": self.box.to_dict(),
             "heatmap_grade": None if self.heatmap is None else self.heatmap.target_grade,
         }
+
+
+def category_of(grade: int, groups: Sequence[Sequence[int]]) -> int:
+    """Index of the group holding ``grade``."""
+    for k, g in enumerate(groups):
+        if int(grade) in [int(v) for v in g]:
+            return k
+    raise ValueError(f"grade {grade} is in no group of {groups}")
+
+
+def patient_summary(p_left: np.ndarray, p_right: np.ndarray) -> dict[str, Any]:
+    """The patient result and why it may differ from the grades shown.
+
+    The result is positive iff P(modified New York positive) >= 0.5, P summed over all 25 grade
+    pairs with the joints independent. The grades shown are each joint's most probable grade; the
+    rule applied to them can disagree with P (for example 0.45/0.55 on grades 1/2 for both joints:
+    the shown grades 2/2 are positive, but P = 0.30). Then ``explanation`` says why.
+    """
+    p = GR.patient_probability(np.asarray(p_left, float), np.asarray(p_right, float))
+    positive = p >= 0.5
+    gl, gr = int(np.argmax(p_left)), int(np.argmax(p_right))
+    from_grades = GR.patient_rule(gl, gr)
+    expl = None
+    if from_grades != positive:
+        expl = (f"The most probable grades (right {gr}, left {gl}) would be "
+                f"{'positive' if from_grades else 'negative'} under the rule, but the grades are uncertain: summed over "
+                f"all grade combinations the probability of a positive patient is {p:.2f}, "
+                f"{'at least' if positive else 'below'} 0.5, so the patient result is "
+                f"{'positive' if positive else 'negative'}.")
+    return {"as_positive": bool(positive), "probability": round(float(p), 4), "decision_threshold": 0.5,
+            "positive_from_shown_grades": bool(from_grades), "agrees_with_shown_grades": from_grades == positive,
+            "explanation": expl, "rule": "modified New York: grade >= 2 on both sides or >= 3 on one side"}
 
 
 @dataclass
@@ -137,7 +208,21 @@ class GradeResult:
 
     @property
     def patient_positive(self) -> bool:
-        return GR.patient_rule(self.joints["left"].grade, self.joints["right"].grade)
+        """Positive iff the probability under the joint distributions is at least 0.5."""
+        return self.patient_probability >= 0.5
+
+    @property
+    def ood_flagged(self) -> bool:
+        return any(j.ood_flagged for j in self.joints.values())
+
+    def reliability_message(self) -> str | None:
+        """What the reader must see before any grade when a joint is out of distribution; None otherwise."""
+        flagged = [s for s in ("right", "left") if self.joints[s].ood_flagged]
+        if not flagged:
+            return None
+        parts = [f"{s} joint: OOD score {self.joints[s].ood['score']:.1f} > threshold {self.joints[s].ood['threshold']:.1f}"
+                 for s in flagged]
+        return f"AI result {NOT_RELIABLE} ({'; '.join(parts)})"
 
     def to_dict(self, *, include_source_path: bool = False) -> dict[str, Any]:
         """JSON form; ``source`` is a non-identifying reference unless ``include_source_path``."""
@@ -145,9 +230,10 @@ class GradeResult:
 
         return {
             "model": dict(self.model),
+            "ood_flagged": self.ood_flagged,
+            "reliability": self.reliability_message(),
             "joints": {s: j.to_dict() for s, j in self.joints.items()},
-            "patient": {"as_positive": self.patient_positive, "probability": round(self.patient_probability, 4),
-                        "rule": "modified New York: grade >= 2 on both sides or >= 3 on one side"},
+            "patient": patient_summary(self.joints["left"].probabilities, self.joints["right"].probabilities),
             "sacral_axis": self.localisation.sacral_axis_dict(),
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
             "device": self.device,
@@ -194,6 +280,7 @@ class Grader:
         self.spec = GR.CropSpec.from_metadata(self.bundle.metadata)
         self.groups = self.bundle.metadata.get("groups") or GR.DEFAULT_GROUPS
         self.temperature = float(self.bundle.metadata.get("calibration", {}).get("temperature", 1.0))
+        self.ood = ood_from_bundle(self.bundle.metadata, path=self.bundle.path / "metadata.json")
         self._nets: dict[tuple[str, str], Any] = {}
 
     def network(self, which: str, device: str):
@@ -228,14 +315,19 @@ class Grader:
         return box.axes_lps if self.spec.joint_frame else None
 
     def logits(self, crops: Sequence[np.ndarray], warnings: list[str]) -> np.ndarray:
+        return self.logits_and_features(crops, warnings)[0]
+
+    def logits_and_features(self, crops: Sequence[np.ndarray], warnings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw logits (N, 5) and penultimate features (N, F) in one forward pass."""
         import torch
 
         x = np.stack([GR.normalise(c, self.spec.window_hu) for c in crops])[:, None]
 
-        def run(d: str) -> np.ndarray:
+        def run(d: str) -> tuple[np.ndarray, np.ndarray]:
             net = self.network("grading", d)
             with torch.inference_mode():
-                return net(torch.from_numpy(x).to(d)).float().cpu().numpy()
+                lg, f = forward_with_features(net, torch.from_numpy(x).to(d))
+                return lg.float().cpu().numpy(), f.float().cpu().numpy()
 
         return _on_device(run, self.device, "grade", warnings)
 
@@ -276,9 +368,15 @@ class Grader:
         timings["segment"] = time.perf_counter() - t
 
         t = stage("localise")
-        loc = localise(seg.coarse_labels, seg.affine)
+        src = volume.sources[0] if getattr(volume, "sources", None) else ""
+        try:
+            loc = localise(seg.coarse_labels, seg.affine)
+        except LocalisationError as exc:
+            raise NotAPelvisError(f"{exc.message}. The CT does not show a pelvis with both sacroiliac joints; no grade "
+                                  "is given", path=src or None) from exc
         if loc.sacrum_limit is not None and hasattr(seg, "limit_sacrum"):
             seg.limit_sacrum(*loc.sacrum_limit)  # lumbar bone the segmenter took for sacrum
+        check_pelvis(seg.coarse_labels, seg.affine, src)
         warnings += loc.warnings
         timings["localise"] = time.perf_counter() - t
 
@@ -287,11 +385,15 @@ class Grader:
         timings["crop"] = time.perf_counter() - t
 
         t = stage("grade")
-        logits = self.logits([crops["left"], crops["right"]], warnings)
+        logits, feats = self.logits_and_features([crops["left"], crops["right"]], warnings)
+        checks = self.ood.check(feats) if self.ood is not None else [None, None]
         joints = {}
         for k, side in enumerate(("left", "right")):
             joints[side] = JointResult(side, loc.joints[side], GR.softmax(logits[k], self.temperature), logits[k],
-                                       [list(g) for g in self.groups])
+                                       [list(g) for g in self.groups], features=feats[k], ood=checks[k])
+        if self.ood is None:
+            warnings.append("this model bundle has no out-of-distribution statistics ('sirad calibrate' adds them); "
+                            "nothing checks that this CT resembles its training data")
         timings["grade"] = time.perf_counter() - t
 
         if heatmaps:

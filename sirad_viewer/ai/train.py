@@ -7,7 +7,8 @@ the same segmentation and localisation as ``sirad grade``, and the joint crops a
 
 Training: class-weighted cross-entropy, AdamW with a cosine learning-rate schedule, augmentation (shifts of the crop within a margin,
 extra blur, intensity gain/offset, noise), early stopping on the validation loss, a checkpoint after every
-epoch (``--resume`` continues from it), then temperature scaling on the validation split, and a
+epoch (``--resume`` continues from it), a bundle, then the post-hoc temperature and OOD fit of
+:mod:`sirad_viewer.ai.calibration` on the validation split (kept out when that split is too small), and a
 bundle written with its metrics.
 """
 from __future__ import annotations
@@ -285,14 +286,13 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
             break
     net.load_state_dict(best_state)
     lv = val_logits(net)
-    temperature = GR.fit_temperature(lv, yv)
-    nll = lambda t: float(-np.mean(np.log(GR.softmax(lv, t)[np.arange(len(yv)), yv] + 1e-12)))  # noqa: E731
     from sirad_viewer.study.agreement import cohen_kappa
 
-    pv = GR.softmax(lv, temperature).argmax(1)
+    pv = lv.argmax(1)
     sites = sorted({items[i]["site"] for i in tr})
-    meta["calibration"] = {"method": "temperature scaling on the validation split", "temperature": round(temperature, 4),
-                           "val_nll_before": round(nll(1.0), 4), "val_nll_after": round(nll(temperature), 4)}
+    # temperature and OOD statistics: fitted after saving, by the same post-hoc step as 'sirad calibrate'
+    meta["calibration"] = {"method": "not calibrated (temperature 1); run 'sirad calibrate'", "temperature": 1.0,
+                           "fitted": False}
     meta["metrics"] = {"validation": {"joints": len(va), "accuracy": round(float(np.mean(pv == yv)), 4),
                                       "kappa_quadratic": round(cohen_kappa(pv, yv, weights="quadratic",
                                                                            categories=list(GR.GRADES)).kappa, 4)}}
@@ -305,4 +305,14 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
     meta["disclaimer"] = ("Phantom-trained demo weights unless training_data says otherwise; not validated on patients; "
                           "not for clinical use.")
     net.eval()
-    return save_bundle(net.cpu(), meta, out_dir)
+    bundle = save_bundle(net.cpu(), meta, out_dir)
+    from sirad_viewer.ai.calibration import CalibrationError, calibrate_bundle
+
+    try:
+        calibrate_bundle(bundle.path, data_csv, split="val", segmenter_path=segmenter.path, device=device,
+                         allow_uncalibrated=True, progress=progress, say=say)
+    except CalibrationError as exc:
+        say(f"not calibrated: {exc.message}; run 'sirad calibrate {bundle.path} DATA.csv' on a larger validation set")
+    from sirad_viewer.ai.bundle import load_bundle
+
+    return load_bundle(bundle.path)

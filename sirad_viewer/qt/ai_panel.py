@@ -367,6 +367,7 @@ class AIPanel(QtWidgets.QWidget):
 
     def refresh(self) -> None:
         r = self.reading
+        self.hidden_label.setStyleSheet("")
         self.run_button.setEnabled(r is not None and not self.running)
         self.cancel_button.setEnabled(self.running)
         res = None if r is None else r.ai
@@ -396,18 +397,33 @@ class AIPanel(QtWidgets.QWidget):
             self._clear_result()
             self.hidden_label.setText("AI running ..." if self.running else "AI not run yet (press Run).")
             return
-        self.hidden_label.setText("")
         d = res.to_dict()
+        self.show_reliability(d)
         for side in ("right", "left"):
             j = d["joints"][side]
-            self.joint_labels[side].setText(f"<b>{side.capitalize()} SIJ: AI grade {j['grade']}</b> "
-                                            f"(3-category {j['category3_label']})")
+            flag = ("<span style='color:#ff5555'>unlike the training data \u2014 not reliable:</span> "
+                    if (j.get("ood") or {}).get("flagged") else "")
+            self.joint_labels[side].setText(f"{flag}<b>{side.capitalize()} SIJ: AI grade {j['grade']}</b> "
+                                            f"(category {j['category3_label']}; category probabilities below)")
             self.bars5[side].set_values(j["probabilities"])
             self.bars3[side].set_values(j["category3_probabilities"])
         pt = d["patient"]
-        self.patient_label.setText(f"Patient (modified New York): <b>{'positive' if pt['as_positive'] else 'negative'}</b>, "
-                                   f"P = {pt['probability']:.2f}")
+        text = (f"Patient (modified New York): {'(not reliable) ' if d.get('ood_flagged') else ''}"
+                f"<b>{'positive' if pt['as_positive'] else 'negative'}</b>, P = {pt['probability']:.2f} "
+                "(positive when P &ge; 0.5)")
+        if pt.get("explanation"):
+            text += f"<br><i>{pt['explanation']}</i>"
+        self.patient_label.setText(text)
         self.timing_label.setText("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in d["timings_s"].items()))
+
+    def show_reliability(self, d: dict[str, Any]) -> None:
+        """A flagged result: the warning goes above the grades, in the label that precedes them."""
+        if d.get("ood_flagged"):
+            self.hidden_label.setText(f"<b style='color:#ff5555'>\u26a0 {d['reliability']}</b>")
+            self.hidden_label.setStyleSheet("border:2px solid #ff5555; padding:4px;")
+        else:
+            self.hidden_label.setText("")
+            self.hidden_label.setStyleSheet("")
 
     def visible_texts(self) -> list[str]:
         """Every text any child widget holds (labels, tooltips, buttons): for the blinding test."""

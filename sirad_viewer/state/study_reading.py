@@ -24,8 +24,9 @@ def ai_summary(result: Any) -> dict[str, Any]:
     if isinstance(result, dict):
         return result
     d = result.to_dict()
-    return {"model": d["model"],
-            "joints": {s: {"grade": j["grade"], "probabilities": j["probabilities"]} for s, j in d["joints"].items()},
+    return {"model": d["model"], "ood_flagged": d.get("ood_flagged", False), "reliability": d.get("reliability"),
+            "joints": {s: {"grade": j["grade"], "probabilities": j["probabilities"], "ood": j.get("ood")}
+                       for s, j in d["joints"].items()},
             "patient": d["patient"]}
 
 

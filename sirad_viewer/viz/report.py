@@ -121,6 +121,9 @@ def build_html(volume: Volume, result: Any, reading: dict[str, Any] | None, mode
              f"<div class='warn'><b>Not for clinical use.</b> {e(d['disclaimer'])}</div>",
              f"<p>Case: {e(str(case))}<br>"
              f"Written {datetime.now(timezone.utc).isoformat(timespec='seconds')} by SIRAD Viewer {__version__}</p>"]
+    if d.get("ood_flagged"):  # before any grade
+        parts.append(f"<div class='warn' style='font-size:1.2em'><b>{e(d['reliability'])}</b>. The AI grades below are "
+                     "shown for completeness only.</div>")
     parts.append("<h2>Grades (modified New York)</h2><table><tr><th></th><th>Right SIJ</th><th>Left SIJ</th>"
                  "<th>confidence</th><th>comment</th><th>time</th></tr>")
     if reading:
@@ -133,8 +136,12 @@ def build_html(volume: Volume, result: Any, reading: dict[str, Any] | None, mode
             else:
                 parts.append(f"<tr><td>{label}</td><td colspan=5>none</td></tr>")
     j = d["joints"]
-    parts.append(f"<tr><td>AI ({e(d['model']['name'])} {e(d['model']['version'])})</td><td>{_grade(j['right']['grade'])}</td>"
-                 f"<td>{_grade(j['left']['grade'])}</td><td colspan=3>phantom-trained demo model</td></tr></table>")
+    def _ai_cell(side: str) -> str:
+        flag = "<b>not reliable</b>: " if (j[side].get("ood") or {}).get("flagged") else ""
+        return f"<td>{flag}{_grade(j[side]['grade'])} (category {e(j[side]['category3_label'])})</td>"
+
+    parts.append(f"<tr><td>AI ({e(d['model']['name'])} {e(d['model']['version'])})</td>{_ai_cell('right')}"
+                 f"{_ai_cell('left')}<td colspan=3>phantom-trained demo model</td></tr></table>")
     parts.extend(_findings_html(reading))
     parts.append("<h2>AI probabilities</h2><table><tr><th>joint</th>" + "".join(f"<th>grade {g}</th>" for g in range(5))
                  + "<th>3 categories (0-1 / 2-3 / 4)</th></tr>")
@@ -143,8 +150,10 @@ def build_html(volume: Volume, result: Any, reading: dict[str, Any] | None, mode
         parts.append(f"<tr><td>{side}</td>" + "".join(f"<td>{p:.2f}</td>" for p in pj["probabilities"])
                      + f"<td>{' / '.join(f'{p:.2f}' for p in pj['category3_probabilities'])}</td></tr>")
     pt = d["patient"]
-    parts.append("</table>" + f"<p>Patient level (modified New York rule): AI <b>{'positive' if pt['as_positive'] else 'negative'}</b>, "
-                 f"P(positive) = {pt['probability']:.2f} under the joint model.")
+    parts.append("</table>" + f"<p>Patient level (modified New York rule): AI {'(not reliable) ' if d.get('ood_flagged') else ''}"
+                 f"<b>{'positive' if pt['as_positive'] else 'negative'}</b>, "
+                 f"P(positive) = {pt['probability']:.2f} under the joint model (positive when P &ge; 0.5)."
+                 + (f" {e(pt['explanation'])}" if pt.get("explanation") else ""))
     if reading and reading.get("pre_ai") and reading["pre_ai"].get("left") is not None:
         from sirad_viewer.ai.grading import patient_rule
 
@@ -203,16 +212,20 @@ def _write_pdf(path: Path, volume: Volume, result: Any, reading: dict[str, Any] 
     d = result.to_dict()
     imgs = key_images(volume, result)
     lines = ["SIRAD Viewer case report", "", "NOT FOR CLINICAL USE. " + d["disclaimer"], ""]
+    if d.get("ood_flagged"):  # before any grade
+        lines += [f"!! {d['reliability']}", ""]
     if reading:
         for label, key in (("Reader before AI (locked)", "pre_ai"), ("Reader after AI", "post_ai")):
             g = reading.get(key)
             lines.append(f"{label}: " + (f"right {_grade(g.get('right'))}, left {_grade(g.get('left'))}" if g else "none"))
     for side in ("right", "left"):
         pj = d["joints"][side]
-        lines.append(f"AI {side}: grade {pj['grade']}  p = " + " ".join(f"{p:.2f}" for p in pj["probabilities"])
+        lines.append(f"AI {side}: {'NOT RELIABLE, ' if (pj.get('ood') or {}).get('flagged') else ''}grade {pj['grade']}  p = " + " ".join(f"{p:.2f}" for p in pj["probabilities"])
                      + "  3-cat " + "/".join(f"{p:.2f}" for p in pj["category3_probabilities"]))
     pt = d["patient"]
-    lines += [f"AI patient level: {'positive' if pt['as_positive'] else 'negative'} (P = {pt['probability']:.2f})",
+    lines += [f"AI patient level: {'(not reliable) ' if d.get('ood_flagged') else ''}"
+              f"{'positive' if pt['as_positive'] else 'negative'} (P = {pt['probability']:.2f}; positive when P >= 0.5)"
+              + (f" {pt['explanation']}" if pt.get("explanation") else ""),
               f"Model: {d['model']['name']} {d['model']['version']}; {model_card.get('intended_use', '')}"]
     with PdfPages(path) as pdf:
         fig = plt.figure(figsize=(8.27, 11.69))

@@ -231,6 +231,8 @@ def test_cli_grade_json_and_heatmaps(tmp_path):
         assert len(j["center_lps_mm"]) == 3 and j["grade"] in range(5)
         assert len(j["probabilities"]) == 5 and abs(sum(j["probabilities"]) - 1) < 1e-3
         assert j["category3"] in range(3) and len(j["category3_probabilities"]) == 3
+        assert set(j["ood"]) == {"score", "threshold", "flagged"} and isinstance(j["ood"]["flagged"], bool)
+    assert isinstance(d["ood_flagged"], bool)
     assert isinstance(d["patient"]["as_positive"], bool) and 0 <= d["patient"]["probability"] <= 1
     assert {"segment", "localise", "grade", "gradcam"} <= set(d["timings_s"])
     assert "phantom" in d["disclaimer"]

@@ -180,3 +180,38 @@ def test_ai_visible_at_once_setting_for_clinical_reading(win, real_nifti):
     open_and_wait_for_ai(win, real_nifti)
     assert not win.reading.locked and win.reading.ai is not None
     assert win.state.overlays.heatmap is not None
+
+
+def test_flagged_result_shows_not_reliable_above_the_grades(qtbot):
+    """An OOD-flagged result: the warning is shown, and above the grades (not in a footnote)."""
+    from sirad_viewer.ai.localise import JointBox
+    from sirad_viewer.ai.pipeline import GradeResult, JointResult
+    from sirad_viewer.qt.ai_panel import AIPanel
+
+    box = JointBox("left", np.zeros(3), np.eye(3), np.ones(3) * 30, 100)
+    p = np.array([0.02, 0.03, 0.05, 0.1, 0.8])
+    joints = {s: JointResult(s, box, p, np.log(p), [[0, 1], [2, 3], [4]],
+                             ood={"score": 11.4, "threshold": 5.0, "flagged": True}) for s in ("left", "right")}
+
+    class Loc:
+        def sacral_axis_dict(self):
+            return {}
+
+    res = GradeResult({"name": "m", "version": "0"}, joints, Loc(), {}, "cpu")
+
+    class Reading:  # a revealed reading, as the core's Reading exposes it
+        ai, ai_allowed, ai_revealed, ai_error, ai_pending = res, True, True, None, False
+
+    panel = AIPanel()
+    qtbot.addWidget(panel)
+    panel.reading = Reading()
+    panel.refresh()
+    panel.resize(420, 900)
+    panel.show()
+    qtbot.waitExposed(panel)
+    assert "unlike the training data" in panel.hidden_label.text() and panel.hidden_label.isVisible()
+    top = lambda w: w.mapTo(panel, QtCore.QPoint(0, 0)).y()  # noqa: E731
+    assert top(panel.hidden_label) < top(panel.joint_labels["right"]) < top(panel.patient_label)
+    assert "not reliable" in panel.joint_labels["right"].text()
+    assert panel.joint_labels["right"].text().index("not reliable") < panel.joint_labels["right"].text().index("AI grade 4")
+    assert "(not reliable)" in panel.patient_label.text()
