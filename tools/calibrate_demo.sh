@@ -1,21 +1,28 @@
 #!/bin/sh
 # Post-hoc calibration, OOD statistics, evaluation and model card of the demo grading bundle.
 # Re-run after every retrain: nothing here depends on how the bundle was trained.
-# Synthetic phantoms only. CPU, 2 cores: about 30-60 minutes, mostly phantom generation and grading.
+#
+#   tools/calibrate_demo.sh DATA_DIR [WORKDIR] [BUNDLE]
+#
+# DATA_DIR is the training run's atlas dataset (tools/train_demo_models.sh writes WORKDIR/data): its
+# `val` split (validation subjects) and fresh phantoms of the same validation subjects (CAL_N, default
+# 30 cases) give >= 100 joints for the temperature and the OOD statistics; its `test` split (held-out
+# subjects, never trained or calibrated on) gives the test-set ECE, Brier, AUCs and reliability diagram.
+# Synthetic phantoms only.
 set -e
-W=${1:-/tmp/sirad-calibration}
-B=${2:-models/sij-densenet-demo}
+D=${1:?usage: tools/calibrate_demo.sh DATA_DIR [WORKDIR] [BUNDLE]}
+W=${2:-/tmp/sirad-calibration}
+B=${3:-models/sij-densenet-demo}
 S=${SIRAD:-.venv/bin/sirad}
 PY=${PYTHON:-.venv/bin/python}
-# calibration/validation and test joints: the training profile (phantom-A, new seeds) and a harder profile
-# (phantom-B: thicker slices, more noise, softer kernel) that the model does not separate perfectly
-$PY -c "from sirad_viewer.phantom.dataset import make_dataset as m; m('$W/A', 100, site='phantom-A', seed=11, matrix=160, val_fraction=0.6, test_fraction=0.4)"
-$PY -c "from sirad_viewer.phantom.dataset import make_dataset as m; m('$W/B', 40, site='phantom-B', seed=12, matrix=160, val_fraction=0.5, test_fraction=0.5)"
-# temperature on all validation joints (A and B); OOD statistics on the training site's (A) validation joints
-$S calibrate $B $W/A/DATA.csv $W/B/DATA.csv --split val --cache $W/cache
-# test splits: internal (phantom-A) and external-like (phantom-B); failures are counted, never dropped
-$S evaluate --data $W/A/DATA.csv --bundle $B --split test --out $W/eval-A --cache $W/cache
-$S evaluate --data $W/B/DATA.csv --bundle $B --split test --out $W/eval-B --cache $W/cache
-$S grade resources/demo/example_ct.nii.gz --bundle $B --json $W/demo-ct.json
-$PY tools/model_card.py $B --eval "internal=$W/eval-A" --eval "external-like=$W/eval-B" \
-    --seg models/pelvis-unet-demo --demo-json $W/demo-ct.json --bench benchmarks/results.json
+CAL_N=${CAL_N:-30}
+SEG=${SEG:-models/pelvis-unet-demo}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+mkdir -p "$W"
+# fresh phantoms of the validation subjects only (val_fraction 1): new poses, scanners and lesions
+$PY -c "from sirad_viewer.phantom.atlas_dataset import make_atlas_dataset as m; m('$W/cal', $CAL_N, seed=99, val_fraction=1.0, test_fraction=0.0, max_voxels=8_000_000)"
+$S calibrate "$B" "$D/DATA.csv" "$W/cal/DATA.csv" --split val --segmenter "$SEG" --cache "$W/cache"
+$S evaluate --data "$D/DATA.csv" --bundle "$B" --segmenter "$SEG" --split test --out "$W/eval-test" --cache "$W/cache"
+$S grade resources/demo/example_ct.nii.gz --bundle "$B" --segmenter "$SEG" --json "$W/demo-ct.json" || true
+$PY tools/model_card.py "$B" --eval "held-out subjects=$W/eval-test" --seg "$SEG" \
+    --demo-json "$W/demo-ct.json" ${BENCH:+--bench "$BENCH"} ${SEG_EVAL:+--seg-eval "$SEG_EVAL"} ${STRESS:+--stress "$STRESS"}

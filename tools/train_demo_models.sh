@@ -68,7 +68,8 @@ $S evaluate-segmenter --data "$W/data/DATA.csv" --segmenter "$W/pelvis-unet-demo
 $S evaluate --data "$W/data/DATA.csv" --bundle "$W/sij-densenet-demo" --segmenter "$W/pelvis-unet-demo" --out "$W/eval-internal"
 $S evaluate --stress --data "$W/data/DATA.csv" --bundle "$W/sij-densenet-demo" --segmenter "$W/pelvis-unet-demo" \
    --split test,train --limit 10 --out "$W/eval-stress"
-python tools/model_card.py "$W/sij-densenet-demo" "$W/eval-internal" - "$W/pelvis-unet-demo" "$W/eval-stress" \
-   "$W/eval-segmenter.json"
+# temperature and OOD statistics on validation subjects, test-set calibration, model card (post hoc)
+SIRAD="$S" SEG="$W/pelvis-unet-demo" SEG_EVAL="$W/eval-segmenter.json" STRESS="$W/eval-stress" \
+  sh tools/calibrate_demo.sh "$W/data" "$W/calibration" "$W/sij-densenet-demo"
 stage evaluation
 awk 'NR==1{t0=$2; p=$2; next} {printf "%-12s %6.1f min\n", $1, ($2-p)/60; p=$2} END{printf "%-12s %6.1f min\n", "total", (p-t0)/60}' "$T"

@@ -143,7 +143,7 @@ def test_heatmap_toggle_changes_pixels_only_where_the_heatmap_is(win, real_nifti
     bar = diff.copy()
     bar[:, : view.width() - 40] = False
     assert bar.any()  # the colour bar is shown with the heatmap
-    diff[:, view.width() - 40:] = False
+    diff[:, view.width() - 130:] = False  # the colour bar and, below it, the joint-box legend
     assert diff.sum() > 200  # the heatmap was drawn ...
     # ... and only there: map the changed pixels back to the world and look the heatmap up
     ys, xs = np.nonzero(diff)

@@ -236,7 +236,7 @@ def test_ruler_and_roi_with_the_mouse_on_the_oblique_view(win, qtbot):
     # saved with the case's reads, undoable
     recs = [json.loads(x) for x in win.reads.read_text().splitlines()]
     last = [r for r in recs if r["event"] == "annotations"][-1]
-    assert [i["kind"] for i in last["items"]][-2:] == ["ruler", "roi"]
+    assert [i["kind"] for i in last["annotations"]["items"]][-2:] == ["ruler", "roi"]
     assert st.annotations.undo() and st.annotations.items[-1] is not roi
 
 
