@@ -190,8 +190,9 @@ and reliability diagrams are in the evaluation below."""
 
 {meta['intended_use']}
 
-- The phantoms are analytic and simplified; lesions are planted by rule. High scores here mean the
-  network learned the phantom's rules, not radiology.
+- The phantoms are synthetic: analytic anatomy, or real bone surfaces from a 32-pelvis atlas with
+  simulated soft tissue, scanners, lesions and mimics; lesions are planted by rule. Scores here
+  mean the network learned the phantoms' rules, not radiology.
 - On a real CT the model's grades are meaningless (it has never seen a real joint); the OOD check says so.
 - Retrain on a site's own labelled CTs with `sirad train --data DATA.csv`, calibrate with
   `sirad calibrate BUNDLE DATA.csv --split val` and evaluate with `sirad evaluate`.
