@@ -151,15 +151,12 @@ def _disclaimer(result: Any) -> str:
 
 
 def _ood_flag(obj: Any) -> bool | None:
+    """The OOD flag of a joint result (``ood = {"score", "threshold", "flagged"}``, see ai.pipeline);
+    None when the bundle has no OOD statistics."""
     v = getattr(obj, "ood", None)
     if isinstance(v, dict):
-        for k in ("flag", "is_ood", "out_of_distribution", "ood"):
-            if k in v:
-                return bool(v[k])
-        return None
-    if v is None:
-        return None
-    return bool(getattr(v, "flag", v))
+        return bool(v["flagged"]) if "flagged" in v else None
+    return None
 
 
 

@@ -45,7 +45,8 @@ def stored_grade_result(paths: Sequence[str], volume: Any) -> GradeResult | None
         joints[side] = JointResult(side, box, probs, np.log(np.clip(probs, 1e-9, 1.0)),
                                    j.get("groups") or [list(g) for g in GR.DEFAULT_GROUPS], hm)
         if j.get("ood") is not None:
-            joints[side].ood = {"flag": bool(j["ood"])}  # type: ignore[attr-defined]
+            # the SR keeps the flag, not the score: the same form as a fresh result's OOD record
+            joints[side].ood = {"score": None, "threshold": None, "flagged": bool(j["ood"])}
     axis = rep.get("sacral_axis_lps_mm")
     if axis is None:
         return None  # not written by this program's writer: no invented axis

@@ -55,7 +55,7 @@ def _result(volume: Volume, *, ood: bool | None = None) -> GradeResult:
                         volume.shape)
         jr = JointResult(side, box, np.array(probs), np.log(probs), GROUPS, hm)
         if ood is not None:
-            jr.ood = {"flag": ood}  # type: ignore[attr-defined]
+            jr.ood = {"score": 9.0 if ood else 1.0, "threshold": 5.0, "flagged": ood}
         joints[side] = jr
     labels = np.zeros(volume.shape, np.uint8)
     labels[5:15, 10:30, 20:28] = 1  # sacrum
