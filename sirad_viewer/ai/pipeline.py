@@ -391,7 +391,7 @@ class Grader:
         try:
             loc = localise(seg.coarse_labels, seg.affine)
         except LocalisationError as exc:
-            raise NotAPelvisError(f"{exc.message}. The CT does not show a pelvis with both sacroiliac joints; no grade "
+            raise NotAPelvisError(f"{exc.message.rstrip('.?! ')}: the CT does not show a pelvis with both sacroiliac joints; no grade "
                                   "is given", path=src or None) from exc
         if loc.sacrum_limit is not None and hasattr(seg, "limit_sacrum"):
             seg.limit_sacrum(*loc.sacrum_limit)  # lumbar bone the segmenter took for sacrum
