@@ -11,10 +11,7 @@ shapes from a shape model built from those training subjects alone.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -22,7 +19,7 @@ import numpy as np
 
 from sirad_viewer.phantom.atlas import list_subjects
 from sirad_viewer.phantom.atlas_phantom import DEFAULT_ATLAS, DEFAULT_HOLDOUT, AtlasSpec, make_atlas_phantom
-from sirad_viewer.phantom.dataset import COLUMNS
+from sirad_viewer.phantom.dataset import COLUMNS, write_cases
 from sirad_viewer.phantom.generator import write_phantom
 from sirad_viewer.phantom.nuisance import ATLAS_SITES
 
@@ -100,22 +97,4 @@ def make_atlas_dataset(out: str | Path, n: int, *, site: str = "atlas-mixed", se
                          atlas_dir=atlas_dir, site=site, crop=crop, max_voxels=max_voxels,
                          borderline_share=borderline_share, holdout=not_train, nuisance=dict(nuisance or {}))
         jobs.append((str(out), case_id, spec, split, fmt))
-    rows: list[dict[str, str]] = []
-    workers = workers or max(1, min(os.cpu_count() or 1, 8))
-    if workers == 1 or n == 1:
-        for k, job in enumerate(jobs):
-            rows.append(_one(job))
-            if progress:
-                progress(k + 1, n)
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for k, row in enumerate(pool.map(_one, jobs)):
-                rows.append(row)
-                if progress:
-                    progress(k + 1, n)
-    csv_path = out / "DATA.csv"
-    with open(csv_path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=ATLAS_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    return csv_path
+    return write_cases(out, jobs, _one, ATLAS_COLUMNS, workers=workers, progress=progress)

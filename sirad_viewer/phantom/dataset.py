@@ -15,7 +15,7 @@ import hashlib
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -72,22 +72,30 @@ def make_dataset(out: str | Path, n: int, *, site: str = "phantom-A", seed: int 
         case_id = f"{site}-{seed}-{i:04d}"
         jobs.append((str(out), case_id, seed * 100_003 + i, int(lefts[i]), int(rights[i]), site, matrix, fmt,
                      _split_of(case_id, val_fraction, test_fraction)))
+    return write_cases(out, jobs, _one, COLUMNS, workers=workers, progress=progress)
+
+
+def write_cases(out: Path, jobs: list, make_one: Callable[[Any], dict[str, str]], columns: Sequence[str], *,
+                workers: int | None = None, progress: Callable[[int, int], None] | None = None) -> Path:
+    """Run ``make_one`` over ``jobs`` (in worker processes when there are several) and write
+    ``out/DATA.csv`` with ``columns``; shared by the analytic and the atlas datasets."""
+    n = len(jobs)
     rows: list[dict[str, str]] = []
     workers = workers or max(1, min(os.cpu_count() or 1, 8))
     if workers == 1 or n == 1:
         for k, job in enumerate(jobs):
-            rows.append(_one(job))
+            rows.append(make_one(job))
             if progress:
                 progress(k + 1, n)
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for k, row in enumerate(pool.map(_one, jobs)):
+            for k, row in enumerate(pool.map(make_one, jobs)):
                 rows.append(row)
                 if progress:
                     progress(k + 1, n)
-    csv_path = out / "DATA.csv"
+    csv_path = Path(out) / "DATA.csv"
     with open(csv_path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
+        w = csv.DictWriter(fh, fieldnames=list(columns))
         w.writeheader()
         w.writerows(rows)
     return csv_path
