@@ -316,10 +316,12 @@ def cmd_grade(args: argparse.Namespace) -> int:
     from sirad_viewer.io import load_series, scan
 
     try:
+        from sirad_viewer.ai.totalseg import resolve_segmenter
+
+        segmenter = resolve_segmenter(args.segmenter)  # TotalSegmentator missing: refused before the CT is read
         result = scan(args.path)
         volume = load_series(result.series[result.chosen])
-        grader = Grader(find_bundle("grading", args.bundle), find_bundle("segmentation", args.segmenter),
-                        device=args.device)
+        grader = Grader(find_bundle("grading", args.bundle), segmenter, device=args.device)
         res = grader(volume, heatmaps=bool(args.heatmaps or args.dicom),
                      progress=(lambda s, f: print(f"  {s}...", file=sys.stderr)) if args.verbose else None)
     except SiradError as exc:
@@ -674,7 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "maps, key images (a NIfTI source is first written as a CT series)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     g.add_argument("--bundle", help="grading bundle folder (default: the installed one)")
-    g.add_argument("--segmenter", help="segmentation bundle folder (default: the installed one)")
+    g.add_argument("--segmenter", help="segmentation bundle folder (default: the installed one), or 'totalsegmentator' "
+                                       "('totalsegmentator-full' for its 1.5 mm model) when TotalSegmentator and its "
+                                       "weights are installed (never downloaded by this program)")
     g.add_argument("--include-source-path", action="store_true",
                    help="write the input path into the JSON (default: a non-identifying sha256 reference)")
     g.set_defaults(func=cmd_grade)

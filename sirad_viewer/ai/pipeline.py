@@ -284,12 +284,15 @@ def _on_device(fn: Callable[[str], Any], device: str, stage: str, warnings: list
 class Grader:
     """Holds the loaded networks so that several CTs can be graded without reloading."""
 
-    def __init__(self, bundle: ModelBundle | None = None, segmenter: ModelBundle | None = None, *,
+    def __init__(self, bundle: ModelBundle | None = None, segmenter: ModelBundle | Any | None = None, *,
                  device: str = "auto") -> None:
         self.bundle = bundle or find_bundle("grading")
-        self.segmenter = segmenter
+        # an external segmenter (TotalSegmentator, :mod:`sirad_viewer.ai.totalseg`) instead of a bundle:
+        # anything with ``segment(volume, device=, progress=)`` returning a Segmentation on the CT grid
+        self.external = segmenter if segmenter is not None and not isinstance(segmenter, ModelBundle) else None
+        self.segmenter = None if self.external is not None else segmenter
         self.segmenter_note = ""
-        if self.segmenter is None:
+        if self.segmenter is None and self.external is None:
             try:
                 self.segmenter = find_bundle("segmentation")
             except BundleError as exc:
@@ -315,6 +318,8 @@ class Grader:
     def segment(self, volume: Volume, warnings: list[str]):
         from sirad_viewer.ai.segnet import segment_learned
 
+        if self.external is not None:
+            return self.external.segment(volume, device=self.device)
         if self.segmenter is None:
             from sirad_viewer.ai.segmentation import segment_pelvis
 
@@ -432,6 +437,7 @@ class Grader:
         timings["total"] = float(sum(timings.values()))
         model = {"name": self.bundle.name, "version": self.bundle.version,
                  "segmentation": (f"{self.segmenter.name} {self.segmenter.version}" if self.segmenter
+                                  else self.external.description if self.external is not None
                                   else "classical (no segmentation bundle)")}
         src = volume.sources[0] if getattr(volume, "sources", None) else ""
         return GradeResult(model, joints, loc, timings, self.device, warnings, seg, src)

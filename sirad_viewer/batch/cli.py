@@ -64,7 +64,8 @@ def add_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
     b.add_argument("--max-retries", type=int, default=2,
                    help="how often a case whose worker died is run again elsewhere (default 2)")
     b.add_argument("--bundle", help="grading bundle folder (default: the installed one)")
-    b.add_argument("--segmenter", help="segmentation bundle folder (default: the installed one)")
+    b.add_argument("--segmenter", help="segmentation bundle folder (default: the installed one), or 'totalsegmentator' "
+                                       "/ 'totalsegmentator-full' when TotalSegmentator and its weights are installed")
     b.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
     b.add_argument("--top", type=int, default=50, help="report: likely positives shown with thumbnails (default 50)")
     p = b.add_argument_group("PACS source", "SOURCE may be a PACS node: a DICOMweb URL (http[s]://host:port/dicom-web) "
@@ -140,6 +141,10 @@ def _grade(source: str, args: argparse.Namespace) -> int:
     from sirad_viewer.batch.runner import run_batch
 
     src, query = _pacs_source(source, args)
+    if args.segmenter:  # refuse before any worker starts (TotalSegmentator missing, a bad bundle folder)
+        from sirad_viewer.ai.totalseg import resolve_segmenter
+
+        resolve_segmenter(args.segmenter)
 
     bar = ProgressBar()
 

@@ -67,10 +67,10 @@ def build_grader(bundle: str | None, segmenter: str | None, device: str, threads
     import torch
 
     from sirad_viewer.ai.pipeline import Grader, find_bundle
+    from sirad_viewer.ai.totalseg import resolve_segmenter
 
     torch.set_num_threads(max(1, int(threads)))
-    g = Grader(find_bundle("grading", bundle), find_bundle("segmentation", segmenter) if segmenter else None,
-               device=device)
+    g = Grader(find_bundle("grading", bundle), resolve_segmenter(segmenter) if segmenter else None, device=device)
     # build both networks now, so the first case is not charged with it
     g.network("grading", g.device)
     if g.segmenter is not None:
