@@ -245,8 +245,8 @@ def check_installed(model: str = "fast") -> str:
     if version is None or importlib.util.find_spec("totalsegmentator.python_api") is None:
         raise TotalSegmentatorError(
             "TotalSegmentator is not installed in this Python environment (no module 'totalsegmentator'); install "
-            "it and its weights yourself (README: 'TotalSegmentator as the segmenter'), or use the demo UNet "
-            "(leave out --segmenter)", code="totalsegmentator_not_installed")
+            "it and its weights yourself (README: 'TotalSegmentator as the segmenter'); the demo UNet needs neither",
+            code="totalsegmentator_not_installed")
     task = MODELS[model][0]
     miss = missing_weights(model)
     if miss:

@@ -250,6 +250,10 @@ class AIPanel(QtWidgets.QWidget):
         bl.addWidget(disc)
         self.device_label = QtWidgets.QLabel("device: -")
         bl.addWidget(self.device_label)
+        from sirad_viewer.qt.segmenter_choice import SegmenterChoice
+
+        self.segmenter_choice = SegmenterChoice()  # demo UNet / TotalSegmentator (greyed out, with why, if unusable)
+        bl.addWidget(self.segmenter_choice)
         row = QtWidgets.QHBoxLayout()
         self.run_button = QtWidgets.QPushButton("Run")
         self.cancel_button = QtWidgets.QPushButton("Cancel")

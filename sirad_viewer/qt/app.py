@@ -228,6 +228,9 @@ class MainWindow(QtWidgets.QMainWindow):
         p.side_by_side_requested.connect(self.set_side_by_side)
         p.report_requested.connect(self.report_dialog)
         p.overlay_changed.connect(self._on_overlay_control)
+        p.segmenter_choice.select(self.settings.get("ai_segmenter", "unet"))
+        self._segmenter_key = p.segmenter_choice.current_key()
+        p.segmenter_choice.changed.connect(self._on_segmenter_changed)
         for key, fn in ([(str(g), lambda g=g: p.grading.grade_key(g)) for g in range(5)]
                         + [("S", p.grading.switch_side), ("Ctrl+Return", self.lock_and_reveal),
                            ("H", self.toggle_heatmap), ("J", lambda: self.jump_to_joint("right")),
@@ -629,9 +632,18 @@ class MainWindow(QtWidgets.QMainWindow):
         with self._grader_lock:
             if self._grader is None:
                 from sirad_viewer.ai.pipeline import Grader
+                from sirad_viewer.ai.totalseg import resolve_segmenter
 
-                self._grader = Grader(device=str(self.settings.get("ai_device", "auto")))
+                key = self._segmenter_key  # set on the GUI thread; this runs in the AI worker
+                self._grader = Grader(segmenter=None if key == "unet" else resolve_segmenter(key),
+                                      device=str(self.settings.get("ai_device", "auto")))
             return self._grader
+
+    def _on_segmenter_changed(self, key: str) -> None:
+        self.settings.set("ai_segmenter", key)
+        with self._grader_lock:
+            self._segmenter_key = key
+            self._grader = None  # the next run builds a grader with the new segmenter
 
     def start_ai(self) -> None:
         """Run the AI in the background; its result goes into the reading, hidden until the lock."""
