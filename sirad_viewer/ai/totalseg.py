@@ -225,7 +225,7 @@ def package_version() -> str | None:
     try:
         return metadata.version("TotalSegmentator")
     except metadata.PackageNotFoundError:
-        return "unknown version"
+        return "(version unknown)"
 
 
 def missing_weights(model: str = "fast") -> list[str]:
@@ -251,8 +251,8 @@ def check_installed(model: str = "fast") -> str:
     miss = missing_weights(model)
     if miss:
         raise TotalSegmentatorError(
-            f"TotalSegmentator {version} is installed but the weights of its '{task}' model are missing in "
-            f"{weights_dir()}: {', '.join(miss)}. This program never downloads them; download them yourself with "
+            f"TotalSegmentator {version} is installed but the weights of its '{task}' model are missing here: "
+            f"{', '.join(miss)}. This program never downloads them; download them yourself with "
             f"'totalseg_download_weights -t {task}' (or set TOTALSEG_WEIGHTS_PATH / TOTALSEG_HOME_DIR to where "
             "they are)", path=weights_dir(), code="totalsegmentator_weights_missing", context={"missing": miss})
     cfg = home_dir() / "config.json"

@@ -248,7 +248,7 @@ def test_missing_weights_are_named_and_never_downloaded(fake_ts, tmp_path):
     assert e.value.code == "totalsegmentator_weights_missing"
     msg = e.value.message
     assert TS.WEIGHT_FOLDERS[297] in msg and TS.WEIGHT_FOLDERS[298] in msg
-    assert "totalseg_download_weights -t total_fast" in msg and str(fake_ts["home"]) in msg
+    assert "totalseg_download_weights -t total_fast" in msg and str(fake_ts["home"]) in e.value.user_message()
     with pytest.raises(TS.TotalSegmentatorError) as e:
         TS.resolve_segmenter("totalsegmentator-full")
     assert "-t total" in e.value.message and TS.WEIGHT_FOLDERS[291] in e.value.message
