@@ -15,14 +15,18 @@ During the call its two download functions are replaced by ones that raise
 :class:`TotalSegmentatorError`, so even a weight folder this module does not know of cannot be
 fetched behind the user's back.
 
-Facts taken from TotalSegmentator's source (wasserth/TotalSegmentator, v2, commit 0275d30):
-``totalsegmentator/map_to_binary.py`` ``class_map["total"]`` (class ids, :data:`TOTAL_V2_BONES`);
-``totalsegmentator/config.py`` ``get_totalseg_dir``/``get_weights_dir`` (where weights live);
-``totalsegmentator/libs.py`` ``download_pretrained_weights`` (folder per dataset id) and
-``totalsegmentator/bin/totalseg_download_weights.py`` (``total`` = datasets 291-295 and 298,
-``total_fast`` = 297 and 298); ``totalsegmentator/python_api.py`` ``totalsegmentator(input,
-output, ml, task, fast, roi_subset, device, quiet)`` (returns a multilabel ``Nifti1Image`` on the
-input grid when ``ml=True``; ``roi_subset`` first runs the 6 mm model 298 to crop).
+Facts taken from TotalSegmentator's source (github.com/wasserth/TotalSegmentator, v2):
+``totalsegmentator/map_to_binary.py`` ``class_map["total"]`` at commit 0275d30 (class ids,
+:data:`TOTAL_V2_BONES`); ``totalsegmentator/libs.py`` ``download_pretrained_weights`` (folder per
+dataset id) and ``totalsegmentator/bin/totalseg_download_weights.py`` (``total`` = datasets 291-295
+and 298, ``total_fast`` = 297 and 298), both at 0275d30; ``totalsegmentator/config.py``
+``get_totalseg_dir``/``get_weights_dir`` and ``send_usage_stats`` at 066e681 (where weights live,
+the telemetry switch); ``totalsegmentator/python_api.py`` at 00064a1: ``totalsegmentator(input,
+output=None, ml, task, fast, roi_subset, device, quiet)`` takes a ``Nifti1Image`` and returns the
+multilabel ``Nifti1Image`` on the input grid when ``ml=True``; ``roi_subset`` first runs the 6 mm
+model 298 to crop; it calls ``download_pretrained_weights`` for every dataset it uses.
+``resources/improvements_in_v3.md``: v3 renamed id 26 ``vertebrae_L6`` and made ``sacrum`` the
+whole sacrum, hence the mapping by name.
 """
 from __future__ import annotations
 

@@ -137,6 +137,23 @@ def test_totalsegmentator_output_grades_like_our_truth_labels(phantom, tmp_path)
     assert "ood_flagged" in d and d["model"]["segmentation"].startswith("TotalSegmentator")
 
 
+def test_a_totalsegmentator_map_without_a_pelvis_gives_no_grade(tmp_path):
+    """A head CT: TotalSegmentator finds a skull and a vertebra, no sacrum -> the not-a-pelvis refusal."""
+    import nibabel as nib
+
+    from sirad_viewer.ai.pipeline import Grader, NotAPelvisError
+
+    vol = Volume(array=np.full((40, 40, 40), -1000, np.int16),
+                 affine=geo.make_affine((0, 0, 0), np.eye(3)[::-1], (3, 3, 3)))
+    ts = np.zeros(vol.shape, np.uint8)
+    ts[20:35, 8:32, 8:32] = 91  # skull
+    ts[5:15, 24:30, 17:23] = 49  # vertebrae_C2
+    out = write_totalseg_output(ts, vol, tmp_path / "head.nii.gz")
+    grader = Grader(segmenter=TS.TotalSegmentatorSegmenter(runner=lambda img, **kw: nib.load(str(out))), device="cpu")
+    with pytest.raises(NotAPelvisError):
+        grader(vol, heatmaps=False)
+
+
 def test_a_label_map_on_another_grid_is_resampled_onto_the_ct(phantom):
     import nibabel as nib
 
