@@ -344,3 +344,43 @@ def test_prior_side_by_side_linked_in_patient_coordinates(win, qtbot):
         cmp_.set_mirrored(False)
         cmp_.close_prior()
     assert st.layout == "sij"
+
+
+def _lum(widget) -> np.ndarray:
+    img = widget.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB888)
+    ptr = img.constBits()
+    ptr.setsize(img.sizeInBytes())
+    rgb = np.frombuffer(ptr, np.uint8).reshape(img.height(), img.bytesPerLine())[:, : 3 * img.width()]
+    return rgb.reshape(img.height(), img.width(), 3).astype(float) @ np.array([0.299, 0.587, 0.114])
+
+
+@pytest.fixture()
+def dark(qapp):
+    from sirad_viewer.qt.app import DARK_QSS
+
+    qapp.setStyleSheet(DARK_QSS)  # the theme the viewer runs with
+    yield
+    qapp.setStyleSheet("")
+
+
+def test_findings_check_boxes_are_visible_on_the_dark_theme(win, dark):
+    """#13 review: the checklist's boxes were nearly invisible (dark grey on near-black)."""
+    panel = win.reading_tools.findings
+    QtCore.QCoreApplication.processEvents()
+    key = next(iter(panel.checks))
+    cb = panel.checks[key]
+    assert not cb.isChecked()
+    bg = float(np.median(_lum(panel.suggest["right"])))  # the panel's own background
+    assert bg < 60  # dark
+    off = _lum(cb)
+    # the empty box's outline stands out from the background (at least 100 of 255 levels)
+    assert off.max() - bg >= 100, (off.max(), bg)
+    cb.blockSignals(True)
+    cb.setChecked(True)
+    try:
+        on = _lum(cb)
+    finally:
+        cb.setChecked(False)
+        cb.blockSignals(False)
+    # ticked and empty look clearly different (a filled box, not a faint mark)
+    assert np.abs(on - off).mean() >= 10 and (np.abs(on - off) > 60).sum() >= 40
