@@ -384,3 +384,32 @@ def test_findings_check_boxes_are_visible_on_the_dark_theme(win, dark):
         cb.blockSignals(False)
     # ticked and empty look clearly different (a filled box, not a faint mark)
     assert np.abs(on - off).mean() >= 10 and (np.abs(on - off) > 60).sum() >= 40
+
+
+@pytest.mark.parametrize("name", ["axial", "oblique"])
+def test_corner_overlays_never_overlap_at_any_view_size(win, name):
+    """#13 review: in the small views of the 2x2/SIJ layouts the box legend ('AI box, right SIJ') ran
+    into the 50 mm scale bar. Every overlay (texts, scale bar, colour bar and its labels, legend)
+    keeps its own rectangle, inside the view, at every size from 200x200 up."""
+    from sirad_viewer.qt.slice_view import SliceView
+
+    st = win.state
+    st.set_overlays(heatmap=st.volume.with_array(np.zeros(st.volume.shape, np.float32)),
+                    boxes=[_Box("right"), _Box("left")])
+    v = SliceView(st, name)
+    try:
+        for size in [(200, 200), (220, 260), (258, 270), (300, 200), (200, 340), (364, 900), (520, 360),
+                     (640, 480), (900, 364), (1000, 540), (1200, 900)]:
+            v.resize(*size)
+            v._cursor_pos = QtCore.QPointF(size[0] / 2, size[1] / 2)
+            rects = v.overlay_rects()
+            for must in ("scalebar", "legend_right", "legend_left", "colourbar", "header", "readout", "bottom"):
+                assert must in rects, (size, must)
+            names = list(rects)
+            inside = QtCore.QRectF(0, 0, *size)
+            for i, a in enumerate(names):
+                assert inside.contains(rects[a]), (size, a, rects[a])
+                for b in names[i + 1:]:
+                    assert not rects[a].intersects(rects[b]), (size, a, rects[a], b, rects[b])
+    finally:
+        st.clear_overlays()
