@@ -50,6 +50,8 @@ class SliceView(QtWidgets.QWidget):
     """Shows ``state.plane(name)`` through the crosshair."""
 
     activated = QtCore.pyqtSignal(str)
+    view_changed = QtCore.pyqtSignal(str)  # "zoom" or "pan": this view's own zoom/pan changed (undo records it)
+    gesture_ended = QtCore.pyqtSignal()  # a mouse gesture ended: the next change is a new undo step
 
     def __init__(self, state: ViewerState, name: str, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
@@ -131,6 +133,7 @@ class SliceView(QtWidgets.QWidget):
         if p is None:
             return
         self.pan = self.pan + QtCore.QPointF(self.width() / 2 - p.x(), self.height() / 2 - p.y())
+        self.view_changed.emit("pan")
         self.update()
 
     def zoom_at(self, pos: QtCore.QPointF, factor: float) -> None:
@@ -141,11 +144,13 @@ class SliceView(QtWidgets.QWidget):
             after = self.world_to_widget(before)
             if after is not None:
                 self.pan = self.pan + (pos - after)
+        self.view_changed.emit("zoom")
         self.update()
 
     def reset_view(self) -> None:
         """Fit the slice to the view (zoom 1, no pan)."""
         self.zoom, self.pan = 1.0, QtCore.QPointF(0, 0)
+        self.view_changed.emit("zoom")
         self.update()
 
     def set_focus(self, point: np.ndarray | None, zoom: float = 1.0, caption: str = "") -> None:
@@ -669,6 +674,7 @@ class SliceView(QtWidgets.QWidget):
                 self.state.set_window(width * float(np.exp(d.x() / 200.0)), level - d.y() * width / 400.0)
             elif kind == "pan":
                 self.pan = ref + d  # type: ignore[operator]
+                self.view_changed.emit("pan")
             elif kind == "axis" and w is not None:
                 self._line = (ref, w)  # type: ignore[assignment]
         elif self.state.tool != "navigate":
@@ -689,6 +695,7 @@ class SliceView(QtWidgets.QWidget):
             self.tools.release(e.position())
         self._line = None
         self._drag = None
+        self.gesture_ended.emit()
         self.update()
 
     def wheelEvent(self, e: QtGui.QWheelEvent) -> None:  # noqa: N802

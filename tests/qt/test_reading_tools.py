@@ -413,3 +413,73 @@ def test_corner_overlays_never_overlap_at_any_view_size(win, name):
                     assert not rects[a].intersects(rects[b]), (size, a, rects[a], b, rects[b])
     finally:
         st.clear_overlays()
+
+
+def _key(win, seq: str) -> None:
+    """Press a shortcut the way the window receives it (the action bound to it)."""
+    acts = [a for a in win.findChildren(QtGui.QAction) if a.shortcut().toString() == seq and a.isEnabled()]
+    assert acts, seq
+    acts[0].trigger()
+
+
+def test_view_changes_are_undone_and_redone_a_wheel_burst_as_one_step(win, qtbot):
+    """#13 tool 7: undo covered annotations only; zoom, pan, window, slice position, layout and the
+    oblique plane could not be undone."""
+    st = win.state
+    v = win.views["axial"]
+    if hasattr(win.reading_tools, "undo"):
+        win.reading_tools.undo.reset()
+    qtbot.wait(5)
+    start = (st.crosshair.copy(), st.window, st.layout, v.zoom)
+    axis0 = None if st.sacral_axis is None else st.sacral_axis.copy()
+    c = QtCore.QPointF(v.width() / 2, v.height() / 2)
+    for _ in range(12):  # a wheel burst: one undo step
+        QtCore.QCoreApplication.sendEvent(v, wheel(v, c, 120))
+        QtCore.QCoreApplication.processEvents()
+    scrolled = st.crosshair.copy()
+    assert not np.allclose(scrolled, start[0])
+    qtbot.wait(700)  # a pause: the next change is a new step
+    for _ in range(3):  # ctrl+wheel zoom burst
+        QtCore.QCoreApplication.sendEvent(v, wheel(v, c, 120, QtCore.Qt.KeyboardModifier.ControlModifier))
+    zoomed = v.zoom
+    qtbot.wait(700)
+    st.apply_preset("soft-tissue")
+    qtbot.wait(700)
+    st.set_layout("2x2")
+    qtbot.wait(700)
+    st.set_sacral_axis(np.array([0.0, -0.6, 0.8]), source="reader")
+    qtbot.wait(5)
+    from sirad_viewer.state.annotations import Ruler
+
+    n0 = len(st.annotations.items)
+    st.annotations.add(Ruler(st.crosshair.copy(), st.crosshair + 10))
+    _key(win, "Ctrl+Z")
+    assert len(st.annotations.items) == n0  # the ruler
+    _key(win, "Ctrl+Z")
+    assert (st.sacral_axis is None) if axis0 is None else np.allclose(st.sacral_axis, axis0)
+    _key(win, "Ctrl+Z")
+    assert st.layout == start[2]
+    _key(win, "Ctrl+Z")
+    assert st.window == start[1]
+    _key(win, "Ctrl+Z")
+    assert v.zoom == pytest.approx(start[3]) and np.allclose(st.crosshair, scrolled)
+    _key(win, "Ctrl+Z")  # the whole burst at once
+    assert np.allclose(st.crosshair, start[0])
+    # and forward again
+    _key(win, "Ctrl+Shift+Z")
+    assert np.allclose(st.crosshair, scrolled)
+    _key(win, "Ctrl+Shift+Z")
+    assert v.zoom == pytest.approx(zoomed)
+    for _ in range(4):
+        _key(win, "Ctrl+Shift+Z")
+    assert st.layout == "2x2" and len(st.annotations.items) == n0 + 1 and st.window.preset == "soft-tissue"
+    # leave the shared window as the other tests expect it
+    st.annotations.undo()
+    st.set_layout(start[2])
+    st.apply_preset("bone")
+    st.sacral_axis = axis0
+    st.oblique_changed.emit()
+    st.set_crosshair(start[0])
+    v.reset_view()
+    win.reading_tools.undo.reset()
+    assert len(win.reading_tools.undo.history) == 0
