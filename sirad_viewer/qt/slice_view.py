@@ -715,14 +715,18 @@ class SliceView(QtWidgets.QWidget):
     def flush_scroll(self) -> None:
         steps, self._pending_steps = self._pending_steps, 0
         if steps:
-            self.state.step_along(self.plane(), steps)
+            self.step(steps)
+
+    def step(self, steps: int) -> None:
+        """Scroll this view by ``steps`` slices (wheel, arrows, Page Up/Down)."""
+        self.state.step_along(self.plane(), steps)
 
     def keyPressEvent(self, e: QtGui.QKeyEvent) -> None:  # noqa: N802
         k = e.key()
         K = QtCore.Qt.Key
         steps = {K.Key_Up: 1, K.Key_Down: -1, K.Key_PageUp: 10, K.Key_PageDown: -10}.get(k)
         if steps is not None:
-            self.state.step_along(self.plane(), steps)
+            self.step(steps)
         elif k == K.Key_Escape and self.state.tool != "navigate":
             self.tools.cancel()
             self.state.set_tool("navigate")

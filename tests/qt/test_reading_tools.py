@@ -483,3 +483,65 @@ def test_view_changes_are_undone_and_redone_a_wheel_burst_as_one_step(win, qtbot
     v.reset_view()
     win.reading_tools.undo.reset()
     assert len(win.reading_tools.undo.history) == 0
+
+
+def _moved_prior(win):
+    from sirad_viewer.imaging.registration import RigidTransform
+
+    cur = win.state.volume
+    t = np.deg2rad(5.0)
+    rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1.0]])
+    c = cur.center_world()
+    shift = np.array([10.0, -6.0, 4.0])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ cur.affine[:3, :3]
+    aff[:3, 3] = rot @ (cur.affine[:3, 3] - c) + c + shift
+    return cur.with_array(cur.array, aff), RigidTransform(rot, c + shift - rot @ c)
+
+
+def _click(view, pos: QtCore.QPointF) -> None:
+    for kind in (QtCore.QEvent.Type.MouseButtonPress, QtCore.QEvent.Type.MouseButtonRelease):
+        ev = QtGui.QMouseEvent(kind, pos, view.mapToGlobal(pos), QtCore.Qt.MouseButton.LeftButton,
+                               QtCore.Qt.MouseButton.LeftButton if kind == QtCore.QEvent.Type.MouseButtonPress
+                               else QtCore.Qt.MouseButton.NoButton, QtCore.Qt.KeyboardModifier.NoModifier)
+        QtCore.QCoreApplication.sendEvent(view, ev)
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_scrolling_and_clicking_in_the_prior_drive_the_current_view(win, qtbot, mirrored):
+    """#13 review: scrolling in the prior view moved only the prior (the current one stayed); linked
+    both ways in patient coordinates after the registration, mirrored or not."""
+    st = win.state
+    prior, tx = _moved_prior(win)
+    cmp_ = win.reading_tools.prior
+    cmp_.show(prior, tx)
+    qtbot.wait(20)
+    try:
+        cmp_.set_mirrored(mirrored)
+        v = cmp_.view
+        st.set_crosshair(np.array(win.phantom.truth["joints"]["left"]["center_lps_mm"]))
+        start = st.crosshair.copy()
+        n = st.plane("oblique").normal
+        c = QtCore.QPointF(v.width() / 2, v.height() / 2)
+        for _ in range(3):  # a wheel burst in the prior view
+            QtCore.QCoreApplication.sendEvent(v, wheel(v, c, 120))
+        qtbot.waitUntil(lambda: not np.allclose(st.crosshair, start), timeout=2000)
+        moved = st.crosshair - start
+        assert float(moved @ n) > 1.0 and np.linalg.norm(moved - n * float(moved @ n)) < 1e-6  # along the normal
+        assert np.allclose(cmp_.state.crosshair, tx.apply(st.crosshair), atol=1e-6)  # and the prior follows
+        before = st.crosshair.copy()
+        QtCore.QCoreApplication.sendEvent(v, QtGui.QKeyEvent(QtCore.QEvent.Type.KeyPress, QtCore.Qt.Key.Key_Down,
+                                                             QtCore.Qt.KeyboardModifier.NoModifier))
+        assert float((st.crosshair - before) @ n) < -0.5
+        # a click on the prior puts the current crosshair on the same anatomy
+        target = st.crosshair + 15.0 * st.plane("oblique").right
+        pos = v.world_to_widget(tx.apply(target))
+        centre = v.world_to_widget(cmp_.state.crosshair)
+        # mirrored, the anatomy on the patient's left is drawn on the other side of the centre
+        assert (pos.x() < centre.x()) == mirrored
+        _click(v, pos)
+        assert np.allclose(st.crosshair, target, atol=0.6), (st.crosshair, target)
+        assert np.allclose(cmp_.state.crosshair, tx.apply(st.crosshair), atol=1e-6)
+    finally:
+        cmp_.set_mirrored(False)
+        cmp_.close_prior()
