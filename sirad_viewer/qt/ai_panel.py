@@ -412,6 +412,10 @@ class AIPanel(QtWidgets.QWidget):
         self.timing_label.setText("")
 
     def refresh(self) -> None:
+        self._refresh()
+        self.hidden_label.setVisible(bool(self.hidden_label.text()))  # no empty gap above the results
+
+    def _refresh(self) -> None:
         r = self.reading
         self.hidden_label.setStyleSheet("")
         self.ood_label.hide()
@@ -452,9 +456,10 @@ class AIPanel(QtWidgets.QWidget):
             groups = _groups(res, side)
             flag = ("<span style='color:#ff5555'>\u26a0 unlike the training data \u2014 not reliable</span><br>"
                     if (j.get("ood") or {}).get("flagged") else "")
-            cat = category_words(groups[j["category3"]]) if j.get("category3") is not None else j["category3_label"]
+            group = groups[j["category3"]] if j.get("category3") is not None else [int(j["grade"])]
+            cat = f"; category: {category_words(group)}" if len(group) > 1 else ""  # a one-grade group says nothing more
             self.joint_labels[side].setText(f"{flag}<b>{side.capitalize()} SIJ: AI grade {j['grade']}</b> "
-                                            f"({GRADE_WORDS.get(int(j['grade']), '')}); category: {cat}")
+                                            f"({GRADE_WORDS.get(int(j['grade']), '')}){cat}")
             self.bars5[side].set_values(j["probabilities"])
             self.bars3[side].labels = [f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in groups]
             self.bars3[side].set_values(j["category3_probabilities"])

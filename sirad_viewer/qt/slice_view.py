@@ -286,6 +286,7 @@ class SliceView(QtWidgets.QWidget):
             if f"legend_{side}" in graphics:
                 r, text = graphics[f"legend_{side}"]
                 cr, cg, cb = BOX_COLOURS[side]
+                p.fillRect(r, QtGui.QColor(0, 0, 0, 150))
                 p.setPen(QtGui.QPen(QtGui.QColor(cr, cg, cb), 1.5))
                 p.drawRect(QtCore.QRectF(r.right() - 10, r.top() + 2, 9, 9))
                 p.drawText(QtCore.QRectF(r.left(), r.top(), r.width() - 14, r.height()), A.AlignRight, text)
@@ -301,6 +302,7 @@ class SliceView(QtWidgets.QWidget):
             p.setPen(QtGui.QColor("#e6e6e6"))
             for name in ("colourbar_max", "colourbar_min"):
                 lr, text = graphics[name]
+                p.fillRect(lr, QtGui.QColor(0, 0, 0, 150))
                 p.drawText(lr, A.AlignRight | A.AlignVCenter, text)
             if "colourbar_name" in graphics:
                 nr, text = graphics["colourbar_name"]
@@ -450,9 +452,9 @@ class SliceView(QtWidgets.QWidget):
         if ov.boxes and ov.boxes_visible:
             rows = [("legend_right", "AI box, right SIJ"), ("legend_left", "AI box, left SIJ")]
             if H < 360:
-                rows = [("legend_right", "AI box R"), ("legend_left", "L")]
-                wl = fm.horizontalAdvance(rows[1][1]) + 16
-                wr = fm.horizontalAdvance(rows[0][1]) + 18
+                rows = [("legend_right", "AI box: R"), ("legend_left", "L")]
+                wl = fm.horizontalAdvance(rows[1][1]) + 20
+                wr = fm.horizontalAdvance(rows[0][1]) + 20
                 rl = QtCore.QRectF(W - m - wl, bottom - 14, wl, 14)
                 rr = QtCore.QRectF(rl.left() - wr, bottom - 14, wr, 14)
                 for (name, text), r in zip(rows, (rr, rl)):
