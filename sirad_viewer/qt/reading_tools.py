@@ -284,6 +284,8 @@ class ViewUndo(QtCore.QObject):
     def _changed(self, kind: str) -> None:
         if self._restoring or self.win.state.volume is None:
             return
+        if self.snapshot().same_as(self._last):  # e.g. the slab or interpolation: nothing the view undo holds
+            return
         self.history.record_view(self._last, kind)
         self._schedule_settle()
 
