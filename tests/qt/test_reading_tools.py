@@ -429,6 +429,7 @@ def test_view_changes_are_undone_and_redone_a_wheel_burst_as_one_step(win, qtbot
     v = win.views["axial"]
     if hasattr(win.reading_tools, "undo"):
         win.reading_tools.undo.reset()
+        win.reading_tools.undo.history.coalesce_s = 0.35  # a burst: events closer than this
     qtbot.wait(5)
     start = (st.crosshair.copy(), st.window, st.layout, v.zoom)
     axis0 = None if st.sacral_axis is None else st.sacral_axis.copy()
@@ -438,15 +439,15 @@ def test_view_changes_are_undone_and_redone_a_wheel_burst_as_one_step(win, qtbot
         QtCore.QCoreApplication.processEvents()
     scrolled = st.crosshair.copy()
     assert not np.allclose(scrolled, start[0])
-    qtbot.wait(700)  # a pause: the next change is a new step
+    qtbot.wait(500)  # a pause: the next change is a new step
     for _ in range(3):  # ctrl+wheel zoom burst
         QtCore.QCoreApplication.sendEvent(v, wheel(v, c, 120, QtCore.Qt.KeyboardModifier.ControlModifier))
     zoomed = v.zoom
-    qtbot.wait(700)
+    qtbot.wait(500)
     st.apply_preset("soft-tissue")
-    qtbot.wait(700)
+    qtbot.wait(500)
     st.set_layout("2x2")
-    qtbot.wait(700)
+    qtbot.wait(500)
     st.set_sacral_axis(np.array([0.0, -0.6, 0.8]), source="reader")
     qtbot.wait(5)
     from sirad_viewer.state.annotations import Ruler
@@ -482,6 +483,7 @@ def test_view_changes_are_undone_and_redone_a_wheel_burst_as_one_step(win, qtbot
     st.set_crosshair(start[0])
     v.reset_view()
     win.reading_tools.undo.reset()
+    win.reading_tools.undo.history.coalesce_s = 0.6
     assert len(win.reading_tools.undo.history) == 0
 
 
