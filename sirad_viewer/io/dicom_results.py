@@ -56,7 +56,19 @@ PRIVATE_CODES: dict[str, str] = {
     "SRD0009": "Time graded",
     "SRD0010": "Gradient-weighted class activation (Grad-CAM)",
     "SRD0011": "Sacral axis (superior point, inferior point)",
+    # the reader's findings (#13): no SCT code for these SIJ lesions in pydicom's code dictionary
+    "SRD0012": "Modified New York grade suggested by the findings",
+    "SRD0013": "Number of voxels in the region",
+    "SRDL1": "Erosion",
+    "SRDL2": "Sclerosis",
+    "SRDL3": "Joint-width change",
+    "SRDL4": "Partial ankylosis",
+    "SRDL5": "Total ankylosis",
 }
+# lesion kinds (sirad_viewer.state.annotations.LesionKind values) -> their private codes
+LESION_CODES = {"erosion": "SRDL1", "sclerosis": "SRDL2", "joint-width change": "SRDL3",
+                "partial ankylosis": "SRDL4", "total ankylosis": "SRDL5"}
+_LESION_BY_CODE = {v: k for k, v in LESION_CODES.items()}
 
 
 def _code(value: str, meaning: str | None = None):
@@ -319,6 +331,8 @@ def reader_structured_report(reading: dict, srcs: list, *, series_number: int = 
                     name=_code("SRD0009"), value=_dt.datetime.strptime(when, "%Y%m%d%H%M%S"),
                     relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
             groups.append(g)
+    if reading.get("annotations"):
+        groups += _finding_groups(reading["annotations"], str(srcs[0].FrameOfReferenceUID))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_person_context=person),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=groups)
@@ -326,6 +340,151 @@ def reader_structured_report(reading: dict, srcs: list, *, series_number: int = 
                                  series_number=series_number, sop_instance_uid=hd.UID(), instance_number=1,
                                  manufacturer=MANUFACTURER, is_complete=True)
     return _finish(sr, f"Reader grades ({reader})")
+
+
+def _finding_groups(ann: dict, for_uid: str) -> list:
+    """The reader's findings checklist, lesion marks and measurements as TID 1500 measurement groups.
+
+    ``ann`` is :meth:`sirad_viewer.state.annotations.AnnotationSet.to_dict` output. Per joint, one
+    TID 1501 group holds each lesion kind as a qualitative evaluation (SCT Present / Absent) and
+    the grade the findings suggest. A ruler is a TID 1501 group with SCT Length (mm) inferred from
+    a 3D polyline; an angle, SCT Angle (degrees) from the polyline a-vertex-b; a circular ROI, a
+    TID 1410 planar ROI (3D ellipse) with DCM Attenuation Coefficient in HU and SCT Mean,
+    Standard Deviation, Minimum, Maximum as derivations; a lesion mark, a TID 1410 planar ROI
+    (a point, or the region's polygon) with the lesion kind as finding type and the joint as site.
+    The lesion kinds, the suggested grade and the voxel count use private 99SIRAD codes (no
+    SCT/DCM code for them in pydicom's dictionary).
+    """
+    import highdicom as hd
+
+    codes = _sct()
+    groups: list = []
+
+    def site(side: str):
+        return hd.sr.FindingSite(codes.SCT.SacroiliacJoint, laterality=codes.SCT.Right if side == "right" else codes.SCT.Left)
+
+    def track(text: str):
+        return hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=text)
+
+    def coords(kind: str, pts):
+        return hd.sr.CoordinatesForMeasurement3D(graphic_type=kind, graphic_data=np.asarray(pts, float).reshape(-1, 3),
+                                                 frame_of_reference_uid=for_uid)
+
+    findings = ann.get("findings") or {}
+    for side in SIDES:
+        present = set(findings.get(side) or [])
+        quals = [hd.sr.QualitativeEvaluation(_code(code), codes.SCT.Present if kind in present else codes.SCT.Absent)
+                 for kind, code in LESION_CODES.items()]
+        sug = (ann.get("suggested_grade") or {}).get(side)
+        if sug is not None:
+            quals.append(hd.sr.QualitativeEvaluation(_code("SRD0012"), _code(f"SRDG{int(sug)}")))
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=track(f"{side} sacroiliac joint, reader's findings"), finding_sites=[site(side)],
+            qualitative_evaluations=quals))
+    for item in ann.get("items") or []:
+        kind = item.get("kind")
+        ident = f"{kind} {item.get('id')}"
+        if kind == "ruler":
+            p0, p1 = np.asarray(item["p0"], float), np.asarray(item["p1"], float)
+            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=track(ident), measurements=[hd.sr.Measurement(
+                    codes.SCT.Length, float(np.linalg.norm(p1 - p0)), codes.UCUM.Millimeter,
+                    referenced_coordinates=[coords("POLYLINE", [p0, p1])])]))
+        elif kind == "angle":
+            a, v, b = (np.asarray(item[k], float) for k in ("a", "vertex", "b"))
+            u, w = a - v, b - v
+            deg = float(np.degrees(np.arccos(np.clip(u @ w / (np.linalg.norm(u) * np.linalg.norm(w)), -1.0, 1.0))))
+            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=track(ident), measurements=[hd.sr.Measurement(
+                    codes.SCT.Angle, deg, codes.UCUM.Degree, referenced_coordinates=[coords("POLYLINE", [a, v, b])])]))
+        elif kind == "roi":
+            c = np.asarray(item["center"], float)
+            r = float(item["radius_mm"])
+            right, down = np.asarray(item["right"], float), np.asarray(item["down"], float)
+            ellipse = np.array([c - r * right, c + r * right, c - r * down, c + r * down])
+            st = item.get("stats") or {}
+            ms = [hd.sr.Measurement(codes.DCM.AttenuationCoefficient, float(st[k]), codes.UCUM.HounsfieldUnit,
+                                    derivation=getattr(codes.SCT, d))
+                  for k, d in (("mean", "Mean"), ("sd", "StandardDeviation"), ("min", "Minimum"), ("max", "Maximum"))
+                  if k in st]
+            if "n" in st:
+                ms.append(hd.sr.Measurement(_code("SRD0013"), float(st["n"]), codes.UCUM.NoUnits))
+            groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=track(ident), measurements=ms or None,
+                referenced_region=hd.sr.ImageRegion3D(graphic_type="ELLIPSE", graphic_data=ellipse,
+                                                      frame_of_reference_uid=for_uid)))
+        elif kind == "lesion":
+            pts = np.asarray(item["points"], float).reshape(-1, 3)
+            if len(pts) >= 3:
+                gtype, data = "POLYGON", np.vstack([pts, pts[:1]])
+            elif len(pts) == 2:
+                gtype, data = "POLYLINE", pts
+            else:
+                gtype, data = "POINT", pts[:1]
+            groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=track(f"{ident}, {item['side']} sacroiliac joint"),
+                finding_type=_code(LESION_CODES[item["lesion"]]), finding_sites=[site(item["side"])],
+                referenced_region=hd.sr.ImageRegion3D(graphic_type=gtype, graphic_data=data,
+                                                      frame_of_reference_uid=for_uid)))
+    return groups
+
+
+def read_reader_findings(ds: Any) -> dict[str, Any] | None:
+    """The reader's findings and measurements from a reader SR written here (None for any other object).
+
+    Returns ``{"findings": {side: [kind, ...]}, "suggested_grade": {side: grade}, "rulers": [{"length_mm",
+    "points"}], "angles": [{"degrees", "points"}], "rois": [{"mean", "sd", "min", "max", "n", "points"}],
+    "lesions": [{"lesion", "side", "points"}]}`` (points in LPS mm).
+    """
+    if str(ds.get("SOPClassUID", "")) != "1.2.840.10008.5.1.4.1.1.88.34":
+        return None
+    out: dict[str, Any] = {"findings": {}, "suggested_grade": {}, "rulers": [], "angles": [], "rois": [], "lesions": []}
+    seen = False
+    for group in ds.get("ContentSequence") or []:
+        if group.ConceptNameCodeSequence[0].CodeValue != "126010":  # Imaging Measurements
+            continue
+        for mg in group.ContentSequence:
+            sub: list = []
+            _walk(mg.get("ContentSequence"), sub)
+            ident = next((str(i.TextValue) for i in sub if i.ValueType == "TEXT"
+                          and i.ConceptNameCodeSequence[0].CodeValue == "112039"), "")
+            names = {i.ConceptNameCodeSequence[0].CodeValue: i for i in sub if i.get("ConceptNameCodeSequence")}
+            scoord = next((i for i in sub if i.ValueType == "SCOORD3D"), None)
+            pts = None if scoord is None else np.asarray(scoord.GraphicData, float).reshape(-1, 3).tolist()
+            if scoord is not None and scoord.GraphicType == "POLYGON":
+                pts = pts[:-1]  # the closing point repeats the first
+            if ident.endswith("reader's findings"):
+                side = ident.split(" ")[0]
+                out["findings"][side] = sorted(_LESION_BY_CODE[cv] for cv, i in names.items()
+                                               if cv in _LESION_BY_CODE and i.ConceptCodeSequence[0].CodeValue == "52101004")
+                if "SRD0012" in names:
+                    out["suggested_grade"][side] = int(names["SRD0012"].ConceptCodeSequence[0].CodeValue[-1])
+                seen = True
+            elif ident.startswith("ruler "):
+                out["rulers"].append({"length_mm": float(names["410668003"].MeasuredValueSequence[0].NumericValue),
+                                      "points": pts})
+            elif ident.startswith("angle "):
+                out["angles"].append({"degrees": float(names["1483009"].MeasuredValueSequence[0].NumericValue),
+                                      "points": pts})
+            elif ident.startswith("roi "):
+                roi: dict[str, Any] = {"points": pts}
+                for i in sub:
+                    cv = i.ConceptNameCodeSequence[0].CodeValue if i.get("ConceptNameCodeSequence") else ""
+                    if cv == "112031":
+                        der = next((m.ConceptCodeSequence[0].CodeValue for m in i.get("ContentSequence") or []
+                                    if m.ConceptNameCodeSequence[0].CodeValue == "121401"), None)
+                        key = {"373098007": "mean", "386136009": "sd", "255605001": "min", "56851009": "max"}.get(der or "")
+                        if key:
+                            roi[key] = float(i.MeasuredValueSequence[0].NumericValue)
+                    elif cv == "SRD0013":
+                        roi["n"] = int(float(i.MeasuredValueSequence[0].NumericValue))
+                out["rois"].append(roi)
+            elif ident.startswith("lesion "):
+                ftype = names.get("121071")  # Finding
+                code = ftype.ConceptCodeSequence[0].CodeValue if ftype is not None else ""
+                out["lesions"].append({"lesion": _LESION_BY_CODE.get(code), "side": ident.rsplit(", ", 1)[-1].split(" ")[0],
+                                       "points": pts})
+    return out if seen else None
 
 
 # --- segmentation, parametric map, key images -------------------------------------------------

@@ -17,6 +17,21 @@ from sirad_viewer.state.reading import CONFIDENCE, Reading
 DISCLAIMER_SHORT = ("Demo model trained on synthetic phantoms only. Not validated on patients; "
                     "not for clinical use.")
 
+# what each modified New York grade means (CLINICAL.md), to name a category in words
+GRADE_WORDS = {0: "normal", 1: "suspicious", 2: "minimal abnormality", 3: "unequivocal abnormality",
+               4: "ankylosis"}
+_GROUP_WORDS = {(0, 1): "normal or suspicious", (2, 3): "definite damage", (3, 4): "marked damage or ankylosis"}
+
+
+def category_words(group: Sequence[int]) -> str:
+    """A grade group in words, e.g. ``[0, 1]`` -> "grades 0-1, normal or suspicious".
+
+    The groups are the model's data (its bundle's ``groups``), never assumed here."""
+    g = tuple(int(v) for v in group)
+    span = f"grade {g[0]}" if len(g) == 1 else f"grades {g[0]}-{g[-1]}"
+    words = _GROUP_WORDS.get(g) or " or ".join(GRADE_WORDS.get(v, str(v)) for v in g)
+    return f"{span}, {words}"
+
 
 class ProbBars(QtWidgets.QWidget):
     """Labelled horizontal probability bars; the largest is highlighted."""
@@ -235,7 +250,32 @@ class AIPanel(QtWidgets.QWidget):
 
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
-        lay = QtWidgets.QVBoxLayout(self)
+        outer = QtWidgets.QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.setSpacing(2)
+        # pinned above the scrolling part: the disclaimer, and a flagged result's warning (#13: the
+        # disclaimer scrolled out of view above the results, the warning came after the grade)
+        self.pinned = QtWidgets.QWidget()
+        pl = QtWidgets.QVBoxLayout(self.pinned)
+        pl.setContentsMargins(6, 4, 6, 2)
+        self.disclaimer = QtWidgets.QLabel(DISCLAIMER_SHORT)
+        self.disclaimer.setWordWrap(True)
+        self.disclaimer.setStyleSheet("color:#ffb86b;")
+        pl.addWidget(self.disclaimer)
+        self.ood_label = QtWidgets.QLabel("")
+        self.ood_label.setWordWrap(True)
+        self.ood_label.setStyleSheet("border:2px solid #ff5555; padding:4px;")
+        self.ood_label.hide()
+        pl.addWidget(self.ood_label)
+        outer.addWidget(self.pinned)
+        self.scroll = QtWidgets.QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        body = QtWidgets.QWidget()
+        self.scroll.setWidget(body)
+        outer.addWidget(self.scroll, 1)
+        lay = QtWidgets.QVBoxLayout(body)
         lay.setContentsMargins(4, 4, 4, 4)
         self.grading = GradingPanel()
         lay.addWidget(self.grading)
@@ -244,11 +284,8 @@ class AIPanel(QtWidgets.QWidget):
         self.model_label = QtWidgets.QLabel("model: (loaded when a case opens)")
         self.model_label.setWordWrap(True)
         bl.addWidget(self.model_label)
-        disc = QtWidgets.QLabel(DISCLAIMER_SHORT)
-        disc.setWordWrap(True)
-        disc.setStyleSheet("color:#ffb86b;")
-        bl.addWidget(disc)
         self.device_label = QtWidgets.QLabel("device: -")
+        self.device_label.setWordWrap(True)
         bl.addWidget(self.device_label)
         from sirad_viewer.qt.segmenter_choice import SegmenterChoice
 
@@ -265,6 +302,7 @@ class AIPanel(QtWidgets.QWidget):
         self.progress = QtWidgets.QProgressBar()
         self.progress.setRange(0, 100)
         self.stage_label = QtWidgets.QLabel("")
+        self.stage_label.setWordWrap(True)
         bl.addWidget(self.progress)
         bl.addWidget(self.stage_label)
         self.hidden_label = QtWidgets.QLabel("")
@@ -277,13 +315,20 @@ class AIPanel(QtWidgets.QWidget):
         self.joint_labels: dict[str, QtWidgets.QLabel] = {}
         self.bars5: dict[str, ProbBars] = {}
         self.bars3: dict[str, ProbBars] = {}
+        self.category_labels: dict[str, QtWidgets.QLabel] = {}
         for side in ("right", "left"):
             lab = QtWidgets.QLabel("")
+            lab.setWordWrap(True)
             self.joint_labels[side] = lab
             rl.addWidget(lab)
             self.bars5[side] = ProbBars([f"grade {g}" for g in range(5)])
             self.bars3[side] = ProbBars(["0-1", "2-3", "4"])
             rl.addWidget(self.bars5[side])
+            cat = QtWidgets.QLabel("")
+            cat.setWordWrap(True)
+            cat.setStyleSheet("color:#bbb;")
+            self.category_labels[side] = cat
+            rl.addWidget(cat)
             rl.addWidget(self.bars3[side])
         self.patient_label = QtWidgets.QLabel("")
         self.patient_label.setWordWrap(True)
@@ -364,14 +409,21 @@ class AIPanel(QtWidgets.QWidget):
     def _clear_result(self) -> None:
         for side in ("right", "left"):
             self.joint_labels[side].setText("")
+            self.category_labels[side].setText("")
             self.bars5[side].set_values(None)
             self.bars3[side].set_values(None)
         self.patient_label.setText("")
         self.timing_label.setText("")
 
     def refresh(self) -> None:
+        self._refresh()
+        self.hidden_label.setVisible(bool(self.hidden_label.text()))  # no empty gap above the results
+
+    def _refresh(self) -> None:
         r = self.reading
         self.hidden_label.setStyleSheet("")
+        self.ood_label.hide()
+        self.ood_label.setText("")
         self.run_button.setEnabled(r is not None and not self.running)
         self.cancel_button.setEnabled(self.running)
         res = None if r is None else r.ai
@@ -405,12 +457,18 @@ class AIPanel(QtWidgets.QWidget):
         self.show_reliability(d)
         for side in ("right", "left"):
             j = d["joints"][side]
-            flag = ("<span style='color:#ff5555'>unlike the training data \u2014 not reliable:</span> "
+            groups = _groups(res, side)
+            flag = ("<span style='color:#ff5555'>\u26a0 unlike the training data \u2014 not reliable</span><br>"
                     if (j.get("ood") or {}).get("flagged") else "")
+            group = groups[j["category3"]] if j.get("category3") is not None else [int(j["grade"])]
+            cat = f"; category: {category_words(group)}" if len(group) > 1 else ""  # a one-grade group says nothing more
             self.joint_labels[side].setText(f"{flag}<b>{side.capitalize()} SIJ: AI grade {j['grade']}</b> "
-                                            f"(category {j['category3_label']}; category probabilities below)")
+                                            f"({GRADE_WORDS.get(int(j['grade']), '')}){cat}")
             self.bars5[side].set_values(j["probabilities"])
+            self.bars3[side].labels = [f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in groups]
             self.bars3[side].set_values(j["category3_probabilities"])
+            self.category_labels[side].setText(
+                "Probability per category: " + "; ".join(category_words(g) for g in groups))
         pt = d["patient"]
         text = (f"Patient (modified New York): {'(not reliable) ' if d.get('ood_flagged') else ''}"
                 f"<b>{'positive' if pt['as_positive'] else 'negative'}</b>, P = {pt['probability']:.2f} "
@@ -421,13 +479,14 @@ class AIPanel(QtWidgets.QWidget):
         self.timing_label.setText("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in d["timings_s"].items()))
 
     def show_reliability(self, d: dict[str, Any]) -> None:
-        """A flagged result: the warning goes above the grades, in the label that precedes them."""
+        """A flagged result: the warning is pinned under the disclaimer, above every grade (it never scrolls away)."""
+        self.hidden_label.setText("")
         if d.get("ood_flagged"):
-            self.hidden_label.setText(f"<b style='color:#ff5555'>\u26a0 {d['reliability']}</b>")
-            self.hidden_label.setStyleSheet("border:2px solid #ff5555; padding:4px;")
+            self.ood_label.setText(f"<b style='color:#ff5555'>\u26a0 {d['reliability']}</b>")
+            self.ood_label.show()
         else:
-            self.hidden_label.setText("")
-            self.hidden_label.setStyleSheet("")
+            self.ood_label.setText("")
+            self.ood_label.hide()
 
     def visible_texts(self) -> list[str]:
         """Every text any child widget holds (labels, tooltips, buttons): for the blinding test."""
@@ -443,6 +502,14 @@ class AIPanel(QtWidgets.QWidget):
                     if isinstance(v, str) and v:
                         out.append(v)
         return out
+
+
+def _groups(result: Any, side: str) -> list[list[int]]:
+    """The model's grade groups for a joint (bundle metadata), or the default 0-1 / 2-3 / 4."""
+    from sirad_viewer.ai.grading import DEFAULT_GROUPS
+
+    j = getattr(result, "joints", {}).get(side)
+    return [list(g) for g in (getattr(j, "groups", None) or DEFAULT_GROUPS)]
 
 
 def grade_summary(result: Any) -> dict[str, Any]:

@@ -208,15 +208,11 @@ class MainWindow(QtWidgets.QMainWindow):
         dock.setWidget(self.info)
         self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, dock)
         self.series_dock = dock
-        self.ai_panel = AIPanel()
-        scroll = QtWidgets.QScrollArea()
-        scroll.setWidget(self.ai_panel)
-        scroll.setWidgetResizable(True)
+        self.ai_panel = AIPanel()  # scrolls its results itself, under a pinned disclaimer
         ai_dock = QtWidgets.QDockWidget("Reading and AI", self)
         ai_dock.setObjectName("ai-dock")
-        ai_dock.setWidget(scroll)
+        ai_dock.setWidget(self.ai_panel)
         ai_dock.setMinimumWidth(400)
-        scroll.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.addDockWidget(QtCore.Qt.DockWidgetArea.RightDockWidgetArea, ai_dock)
         self.splitDockWidget(ai_dock, dock, QtCore.Qt.Orientation.Vertical)
         self.ai_dock = ai_dock

@@ -11,11 +11,21 @@ from PyQt6 import QtWidgets
 from sirad_viewer.state.annotations import SIDES, LesionKind
 from sirad_viewer.state.viewer import ViewerState
 
+# the dark theme's check boxes were dark grey on near-black: a light border, and a filled box when ticked
+CHECKBOX_QSS = """
+QCheckBox::indicator { width: 13px; height: 13px; border: 2px solid #c3c8cf; border-radius: 3px; background: #23272c; }
+QCheckBox::indicator:hover { border-color: #ffffff; }
+QCheckBox::indicator:checked { background: #4aa3ff; border-color: #e3f1ff; }
+QCheckBox::indicator:disabled { border-color: #7b828a; }
+QCheckBox::indicator:checked:disabled { background: #3d77ad; border-color: #9fb8cf; }
+"""
+
 
 class FindingsPanel(QtWidgets.QWidget):
     def __init__(self, state: ViewerState, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
         self.state = state
+        self.setStyleSheet(CHECKBOX_QSS)
         lay = QtWidgets.QVBoxLayout(self)
         tools = QtWidgets.QHBoxLayout()
         self.tool_buttons: dict[str, QtWidgets.QPushButton] = {}

@@ -45,6 +45,25 @@ class PriorView(SliceView):
         pl = main.plane("oblique")
         return SlicePlane(tx.apply(pl.point), tx.rotation @ pl.right, tx.rotation @ pl.down, "oblique")
 
+    # driven from the prior: scrolling and clicks move the *current* case's crosshair (through the
+    # inverse registration); the prior then follows it back, so both stay on the same anatomy
+    def step(self, steps: int) -> None:
+        if self.source is None:
+            return super().step(steps)
+        main, _ = self.source
+        main.step_along(main.plane("oblique"), steps)
+
+    def _set_cross(self, pos: QtCore.QPointF) -> None:
+        if self.source is None:
+            return super()._set_cross(pos)
+        w = self.widget_to_world(pos)  # prior LPS (the mirror is inside image_transform)
+        if w is None:
+            return
+        main, tx = self.source
+        p = tx.inverse().apply(w)
+        n = main.plane("oblique").normal
+        main.set_crosshair(p - n * float((p - main.crosshair) @ n))  # within the plane shown
+
     def image_transform(self) -> QtGui.QTransform:
         t = super().image_transform()
         if not self.mirrored:

@@ -14,6 +14,7 @@ from PyQt6 import QtCore, QtGui, QtWidgets
 
 from sirad_viewer.qt.findings import FindingsPanel
 from sirad_viewer.qt.shortcuts import ShortcutSheet
+from sirad_viewer.state.history import ANNOTATION, UndoHistory, ViewSnapshot
 from sirad_viewer.state.reading import ReadingError
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class ReadingTools(QtCore.QObject):
         from sirad_viewer.qt.prior import PriorComparison
 
         self.prior = PriorComparison(win)
+        self.undo = ViewUndo(win)  # after the hanging protocol's hook: a case opens with nothing to undo
         self._build_menus()
         st.volume_changed.connect(lambda *_: QtCore.QTimer.singleShot(0, self.hang))
         st.annotations.changed.connect(self._save_annotations)
@@ -74,8 +76,8 @@ class ReadingTools(QtCore.QObject):
         self._key(t, "Circular ROI (HU statistics)", "R", lambda: st.set_tool("roi"))
         self._key(t, "Lesion mark", "E", lambda: st.set_tool("lesion"))
         t.addSeparator()
-        self._key(t, "Undo", "Ctrl+Z", st.annotations.undo)
-        self._key(t, "Redo", "Ctrl+Shift+Z", st.annotations.redo)
+        self._key(t, "Undo (marks and view changes)", "Ctrl+Z", self.undo.undo)
+        self._key(t, "Redo", "Ctrl+Shift+Z", self.undo.redo)
         self._key(t, "Remove the last annotation", "Delete", self.remove_last)
         t.addSeparator()
         self._key(t, "Key image of the active view (into the case report)", "Ctrl+I", self.capture_key_image)
@@ -197,6 +199,7 @@ class ReadingTools(QtCore.QObject):
         st.apply_preset(HANGING["preset"])
         QtWidgets.QApplication.processEvents()
         self.frame_oblique()
+        self.undo.reset()  # how a case opens is not a step to undo
 
     def toggle_cine(self) -> None:
         if self.cine.isActive():
@@ -229,6 +232,120 @@ class ReadingTools(QtCore.QObject):
                 r.record_annotations(self.win.state.annotations.to_dict())  # the reading owns the record
             except ReadingError as exc:
                 self.win.statusBar().showMessage(exc.user_message())
+
+
+class ViewUndo(QtCore.QObject):
+    """Ctrl+Z / Ctrl+Shift+Z over view changes and annotation edits, in the order they were made.
+
+    The timeline is the core :class:`~sirad_viewer.state.history.UndoHistory`; this object feeds it
+    (the state's crosshair, window, oblique plane and layout events and the views' zoom and pan) and
+    restores what it hands back. ``_last`` is the settled view, refreshed after every change once the
+    event loop has run, so a burst records the view from before its first event.
+    """
+
+    def __init__(self, win: "MainWindow") -> None:
+        super().__init__(win)
+        self.win = win
+        st = win.state
+        self.history = UndoHistory()
+        self._direction = -1
+        self._restoring = False
+        self._ann_depth = st.annotations.undo_depth
+        self._last = self.snapshot()
+        self._refresh_pending = False
+        st.volume_changed.connect(self._new_case)
+        st.crosshair_changed.connect(lambda *_: self._changed("position"))
+        st.window_changed.connect(lambda *_: self._changed("window"))
+        st.oblique_changed.connect(lambda *_: self._changed("oblique"))
+        st.layout_changed.connect(lambda *_: self._changed("layout"))
+        st.annotations.changed.connect(self._on_annotations)
+        for v in self._views().values():
+            v.view_changed.connect(self._changed)
+            v.gesture_ended.connect(self.history.end_burst)
+
+    def _views(self) -> dict:
+        from sirad_viewer.qt.slice_view import SliceView
+
+        return {n: v for n, v in self.win.views.items() if isinstance(v, SliceView) and n != "prior"}
+
+    def snapshot(self) -> ViewSnapshot:
+        return self.win.state.view_snapshot({n: (float(v.zoom), float(v.pan.x()), float(v.pan.y()))
+                                             for n, v in self._views().items()})
+
+    def _settle(self) -> None:
+        self._refresh_pending = False
+        self._last = self.snapshot()
+
+    def _schedule_settle(self) -> None:
+        if not self._refresh_pending:
+            self._refresh_pending = True
+            QtCore.QTimer.singleShot(0, self._settle)
+
+    def _changed(self, kind: str) -> None:
+        if self._restoring or self.win.state.volume is None:
+            return
+        if self.snapshot().same_as(self._last):  # e.g. the slab or interpolation: nothing the view undo holds
+            return
+        self.history.record_view(self._last, kind)
+        self._schedule_settle()
+
+    def _new_case(self, *_: object) -> None:
+        self.history.clear()
+        self._restoring = True  # the opening steps (centre, hanging protocol) are not undoable
+
+        def done() -> None:
+            self._restoring = False
+            self._ann_depth = self.win.state.annotations.undo_depth
+            self._settle()
+
+        QtCore.QTimer.singleShot(0, done)
+
+    def reset(self) -> None:
+        """Nothing to undo; the view as it is now is the starting point."""
+        self.history.clear()
+        self._ann_depth = self.win.state.annotations.undo_depth
+        self._settle()
+
+    def _on_annotations(self) -> None:
+        depth = self.win.state.annotations.undo_depth
+        if not self._restoring:
+            for _ in range(max(0, depth - self._ann_depth)):
+                self.history.record_annotation()
+        self._ann_depth = depth
+
+    def _apply(self, step) -> None:
+        st = self.win.state
+        self._restoring = True
+        try:
+            if step.kind == ANNOTATION:
+                (st.annotations.undo if self._direction < 0 else st.annotations.redo)()
+            else:
+                st.restore_view(step.view)
+                for n, v in self._views().items():
+                    if n in step.view.views:
+                        z, x, y = step.view.views[n]
+                        v.zoom, v.pan = z, QtCore.QPointF(x, y)
+                        v.update()
+        finally:
+            self._restoring = False
+            self._ann_depth = st.annotations.undo_depth
+        self._settle()
+
+    def undo(self) -> bool:
+        step = self.history.undo(self.snapshot())
+        if step is None:
+            return False
+        self._direction = -1
+        self._apply(step)
+        return True
+
+    def redo(self) -> bool:
+        step = self.history.redo(self.snapshot())
+        if step is None:
+            return False
+        self._direction = 1
+        self._apply(step)
+        return True
 
 
 def install(win: "MainWindow") -> ReadingTools:

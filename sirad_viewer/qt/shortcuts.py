@@ -31,7 +31,7 @@ SHORTCUTS: list[tuple[str, str, str]] = [
     ("Esc", "back to navigation", "Tools"),
     ("Delete", "remove the last annotation", "Tools"),
     ("Ctrl+I", "key image of the active view, into the case report", "Tools"),
-    ("Ctrl+Z / Ctrl+Shift+Z", "undo / redo annotations and findings", "Tools"),
+    ("Ctrl+Z / Ctrl+Shift+Z", "undo / redo marks, findings and view changes (zoom, pan, window, slice, layout, plane)", "Tools"),
     ("Ctrl+T", "patient and series text on / off", "Display"),
     ("F1", "this sheet", "Help"),
 ]

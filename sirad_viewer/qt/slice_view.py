@@ -50,6 +50,8 @@ class SliceView(QtWidgets.QWidget):
     """Shows ``state.plane(name)`` through the crosshair."""
 
     activated = QtCore.pyqtSignal(str)
+    view_changed = QtCore.pyqtSignal(str)  # "zoom" or "pan": this view's own zoom/pan changed (undo records it)
+    gesture_ended = QtCore.pyqtSignal()  # a mouse gesture ended: the next change is a new undo step
 
     def __init__(self, state: ViewerState, name: str, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
@@ -131,6 +133,7 @@ class SliceView(QtWidgets.QWidget):
         if p is None:
             return
         self.pan = self.pan + QtCore.QPointF(self.width() / 2 - p.x(), self.height() / 2 - p.y())
+        self.view_changed.emit("pan")
         self.update()
 
     def zoom_at(self, pos: QtCore.QPointF, factor: float) -> None:
@@ -141,11 +144,13 @@ class SliceView(QtWidgets.QWidget):
             after = self.world_to_widget(before)
             if after is not None:
                 self.pan = self.pan + (pos - after)
+        self.view_changed.emit("zoom")
         self.update()
 
     def reset_view(self) -> None:
         """Fit the slice to the view (zoom 1, no pan)."""
         self.zoom, self.pan = 1.0, QtCore.QPointF(0, 0)
+        self.view_changed.emit("zoom")
         self.update()
 
     def set_focus(self, point: np.ndarray | None, zoom: float = 1.0, caption: str = "") -> None:
@@ -262,45 +267,50 @@ class SliceView(QtWidgets.QWidget):
             p.drawImage(QtCore.QRectF(0, 0, w, h), self._overlay_qimage)
         p.restore()
         self._draw_overlays(p)
-        ov = self.state.overlays
-        if ov.heatmap is not None and ov.heatmap_visible:
-            self._draw_colour_bar(p)
         p.end()
 
-    def _draw_colour_bar(self, p: QtGui.QPainter) -> None:
-        from sirad_viewer.viz.overlay import HEAT_LUT
+    def _draw_corner_graphics(self, p: QtGui.QPainter, graphics: dict[str, tuple[QtCore.QRectF, str]]) -> None:
+        """Scale bar, the heatmap's colour bar and the boxes' legend, where :meth:`layout_overlays` put them."""
+        from sirad_viewer.viz.overlay import BOX_COLOURS, HEAT_LUT
 
-        ov = self.state.overlays
-        H, W = self.height(), self.width()
-        bh = max(40, min(int(H * 0.3), H // 2 - 70))
-        x, y0 = W - 22, H // 2 + 24  # below the orientation letter, above the scale bar
-        for i in range(bh):
-            v = 1.0 - i / max(bh - 1, 1)
-            r, g, b = (int(c) for c in HEAT_LUT[int(v * 255)])
-            col = QtGui.QColor(r, g, b) if v >= ov.threshold else QtGui.QColor(40, 40, 40)
-            p.fillRect(QtCore.QRectF(x, y0 + i, 10, 1), col)
-        p.setPen(QtGui.QColor("#e6e6e6"))
-        p.drawText(QtCore.QRectF(x - 40, y0 - 16, 52, 14), QtCore.Qt.AlignmentFlag.AlignRight, "AI 1.0")
-        p.drawText(QtCore.QRectF(x - 40, y0 + bh + 2, 52, 14), QtCore.Qt.AlignmentFlag.AlignRight, "0.0")
-        p.save()
-        p.rotate(-90)  # the bar's name along it, so it takes no width
-        p.drawText(QtCore.QRectF(-(y0 + bh), x - 16, bh, 14), QtCore.Qt.AlignmentFlag.AlignHCenter, "Grad-CAM")
-        p.restore()
-        self._draw_box_legend(p, x + 10, y0 + bh + 18)
-
-    def _draw_box_legend(self, p: QtGui.QPainter, right: float, top: float) -> None:
-        """What the joint boxes' colours mean (drawn when the boxes are shown)."""
-        from sirad_viewer.viz.overlay import BOX_COLOURS
-
-        ov = self.state.overlays
-        if not (ov.boxes and ov.boxes_visible):
-            return
-        for i, side in enumerate(("right", "left")):
-            r, g, b = BOX_COLOURS[side]
-            y = top + 14 * i
-            p.setPen(QtGui.QPen(QtGui.QColor(r, g, b), 1.5))
-            p.drawRect(QtCore.QRectF(right - 10, y + 2, 9, 9))
-            p.drawText(QtCore.QRectF(right - 112, y, 98, 14), QtCore.Qt.AlignmentFlag.AlignRight, f"AI box, {side} SIJ")
+        A = QtCore.Qt.AlignmentFlag
+        p.setFont(self._font())
+        if "scalebar" in graphics:
+            r, label = graphics["scalebar"]
+            mm, L = self._scale_bar() or (0.0, 0.0)
+            cx = r.center().x()
+            p.setPen(QtGui.QPen(QtGui.QColor("#e6e6e6"), 2))
+            p.drawLine(QtCore.QPointF(cx - L / 2, r.top() + 3), QtCore.QPointF(cx + L / 2, r.top() + 3))
+            p.drawText(QtCore.QRectF(r.left(), r.top() + 6, r.width(), r.height() - 6), A.AlignHCenter | A.AlignTop, label)
+        for side in ("right", "left"):
+            if f"legend_{side}" in graphics:
+                r, text = graphics[f"legend_{side}"]
+                cr, cg, cb = BOX_COLOURS[side]
+                p.fillRect(r, QtGui.QColor(0, 0, 0, 150))
+                p.setPen(QtGui.QPen(QtGui.QColor(cr, cg, cb), 1.5))
+                p.drawRect(QtCore.QRectF(r.right() - 10, r.top() + 2, 9, 9))
+                p.drawText(QtCore.QRectF(r.left(), r.top(), r.width() - 14, r.height()), A.AlignRight, text)
+        if "colourbar" in graphics:
+            ov = self.state.overlays
+            r, _ = graphics["colourbar"]
+            n = max(int(r.height()), 1)
+            for i in range(n):
+                v = 1.0 - i / max(n - 1, 1)
+                cr, cg, cb = (int(c) for c in HEAT_LUT[int(v * 255)])
+                col = QtGui.QColor(cr, cg, cb) if v >= ov.threshold else QtGui.QColor(40, 40, 40)
+                p.fillRect(QtCore.QRectF(r.left(), r.top() + i, r.width(), 1), col)
+            p.setPen(QtGui.QColor("#e6e6e6"))
+            for name in ("colourbar_max", "colourbar_min"):
+                lr, text = graphics[name]
+                p.fillRect(lr, QtGui.QColor(0, 0, 0, 150))
+                p.drawText(lr, A.AlignRight | A.AlignVCenter, text)
+            if "colourbar_name" in graphics:
+                nr, text = graphics["colourbar_name"]
+                p.save()
+                p.translate(nr.left(), nr.bottom())
+                p.rotate(-90)  # along the bar, so it takes no width
+                p.drawText(QtCore.QRectF(0, 0, nr.height(), nr.width()), A.AlignHCenter | A.AlignVCenter, text)
+                p.restore()
 
     # --- text and lines --------------------------------------------------------------------------
     def position_text(self) -> str:
@@ -343,9 +353,40 @@ class SliceView(QtWidgets.QWidget):
 
     def text_boxes(self) -> dict[str, tuple[QtCore.QRectF, str, QtCore.Qt.AlignmentFlag]]:
         """Where each text block goes: name -> (rect, text, alignment); blocks never overlap."""
+        return self.layout_overlays()[0]
+
+    def overlay_rects(self) -> dict[str, QtCore.QRectF]:
+        """Every overlay's rectangle (text blocks, scale bar, colour bar and its labels, box legend):
+        none overlaps another at any view size (#13 review: the legend ran into the scale bar)."""
+        boxes, graphics = self.layout_overlays()
+        out = {k: r for k, (r, _, _) in boxes.items()}
+        out.update({k: r for k, (r, _) in graphics.items()})
+        return out
+
+    def _scale_bar(self) -> tuple[float, float] | None:
+        """(length in mm, length in widget px) of the scale bar, or None."""
         img = self.slice_image()
         if img is None:
-            return {}
+            return None
+        px_per_mm = self.image_transform().m11() / (np.linalg.norm(img.right_step) or 1.0)
+        if px_per_mm <= 0:
+            return None
+        mm = nice_bar_mm(0.25 * self.width() / px_per_mm)
+        return mm, mm * px_per_mm
+
+    def layout_overlays(self) -> tuple[dict[str, tuple[QtCore.QRectF, str, QtCore.Qt.AlignmentFlag]],
+                                       dict[str, tuple[QtCore.QRectF, str]]]:
+        """Lay out the text blocks and the corner graphics together.
+
+        Order: header and patient text (top), orientation letters, then the bottom-right stack
+        (scale bar, box legend above it, the heatmap's colour bar above that, below the right
+        letter or, when there is more room, above it), and last the cursor readout, which moves
+        up until it is clear of everything. Returns ``(texts, graphics)``; graphics are
+        name -> (rect, text) for the scale bar, legend rows and colour bar parts.
+        """
+        img = self.slice_image()
+        if img is None:
+            return {}, {}
         st = self.state
         fm = QtGui.QFontMetricsF(self._font())
         lh = fm.height()
@@ -357,12 +398,16 @@ class SliceView(QtWidgets.QWidget):
             return min(max_w, max(fm.horizontalAdvance(t) for t in lines) + 6), lh * len(lines) + 2
 
         boxes: dict[str, tuple[QtCore.QRectF, str, QtCore.Qt.AlignmentFlag]] = {}
+        graphics: dict[str, tuple[QtCore.QRectF, str]] = {}
         placed: list[QtCore.QRectF] = []
+
+        def clear(r: QtCore.QRectF) -> bool:
+            return not any(r.intersects(o) for o in placed)
 
         def place(name: str, text: str, x: float, y: float, w: float, h: float, align, step: float) -> None:
             r = QtCore.QRectF(x, y, w, h)
-            for _ in range(40):  # move along ``step`` (down or up) until it clears the others
-                if not any(r.intersects(o) for o in placed):
+            for _ in range(60):  # move along ``step`` (down or up) until it clears the others
+                if clear(r):
                     break
                 r.translate(0, step)
             placed.append(r)
@@ -387,11 +432,93 @@ class SliceView(QtWidgets.QWidget):
             tw, th = size(t, W)
             xx = (W - tw) / 2 if x is None else (x - tw if name == "right" else x)
             place(name, t, xx, y, tw, th, align, lh if name != "bottom" else -lh)
+        # bottom right: the scale bar (line with its length under it)
+        sb = self._scale_bar()
+        bottom = H - m
+        if sb is not None:
+            mm, L = sb
+            label = f"{mm:g} mm"
+            tw = fm.horizontalAdvance(label) + 6
+            x1 = W - m - max(0.0, (tw - L) / 2)
+            r = QtCore.QRectF(min(x1 - L, x1 - L / 2 - tw / 2), bottom - 6 - lh, max(L, tw), 6 + lh)
+            while not clear(r) and r.top() > H / 2:
+                r.translate(0, -lh)
+            placed.append(r)
+            graphics["scalebar"] = (r, label)
+            bottom = r.top() - 2
+        # the joint boxes' legend, right-aligned above the scale bar; one row when rows would not fit
+        ov = st.overlays
+        heat = ov.heatmap is not None and ov.heatmap_visible
+        if ov.boxes and ov.boxes_visible:
+            rows = [("legend_right", "AI box, right SIJ"), ("legend_left", "AI box, left SIJ")]
+            if H < 360:
+                rows = [("legend_right", "AI box: R"), ("legend_left", "L")]
+                wl = fm.horizontalAdvance(rows[1][1]) + 20
+                wr = fm.horizontalAdvance(rows[0][1]) + 20
+                rl = QtCore.QRectF(W - m - wl, bottom - 14, wl, 14)
+                rr = QtCore.QRectF(rl.left() - wr, bottom - 14, wr, 14)
+                for (name, text), r in zip(rows, (rr, rl)):
+                    placed.append(r)
+                    graphics[name] = (r, text)
+                bottom = rr.top() - 2
+            else:
+                for i, (name, text) in enumerate(reversed(rows)):
+                    w = fm.horizontalAdvance(text) + 18
+                    r = QtCore.QRectF(W - m - w, bottom - 14, w, 14)
+                    placed.append(r)
+                    graphics[name] = (r, text)
+                    bottom = r.top()
+                bottom -= 2
+        # the heatmap's colour bar: in the right column, where there is more room (below or above the right letter)
+        if heat:
+            letter = boxes["right"][0]
+            top_limit = max((boxes[k][0].bottom() for k in ("patient", "header", "top") if k in boxes
+                             and boxes[k][0].right() > W - m - 60), default=m)
+            spans = [(letter.bottom() + 4, bottom - 4), (top_limit + 4, letter.top() - 4)]
+            y_a, y_b = max(spans, key=lambda s: s[1] - s[0])
+            bh = min(y_b - y_a, max(40.0, H * 0.3))
+            if bh >= 2 * 14:
+                x = W - m - 10
+                y0 = y_a if (y_a, y_b) == spans[0] else y_b - bh
+                graphics["colourbar"] = (QtCore.QRectF(x, y0, 10, bh), "")
+                for name, text, yy in (("colourbar_max", "AI 1.0", y0), ("colourbar_min", "0.0", y0 + bh - 14)):
+                    w = fm.horizontalAdvance(text) + 4
+                    r = QtCore.QRectF(x - 3 - w, yy, w, 14)
+                    placed.append(r)
+                    graphics[name] = (r, text)
+                name_w = fm.horizontalAdvance("Grad-CAM") + 4
+                if bh - 2 * 14 >= name_w:  # the bar's name along it, between its two labels
+                    r = QtCore.QRectF(x - 17, y0 + bh / 2 - name_w / 2, 14, name_w)
+                    placed.append(r)
+                    graphics["colourbar_name"] = (r, "Grad-CAM")
+                placed.append(graphics["colourbar"][0])
         ro = self.cursor_readout()
         if ro:
-            rw, rh = size(ro, W - 2 * m)
-            place("readout", ro, m, H - m - rh, rw, rh, A.AlignLeft, -lh)
-        return boxes
+            # bottom left, moving up until clear; in a narrow view the position goes on a second
+            # line, and in a very small one it is rounded to whole millimetres
+            w_ = self.widget_to_world(self._cursor_pos) if self._cursor_pos is not None else None
+            variants = [ro, ro.replace(" HU  (", " HU\n(", 1)]
+            if w_ is not None:
+                variants.append(ro.split(" HU")[0] + f" HU\n{w_[0]:.0f}, {w_[1]:.0f}, {w_[2]:.0f} mm LPS")
+            variants = [v for v in variants if size(v, W)[0] <= 0.6 * W] or variants[-1:]
+            r = None
+            for text in variants:
+                rw, rh = size(text, W - 2 * m)
+                cand = QtCore.QRectF(m, H - m - rh, rw, rh)
+                for y in np.arange(H - m - rh, m - 0.5, -2.0):
+                    cand.moveTop(float(y))
+                    if clear(cand):
+                        r, ro = cand, text
+                        break
+                if r is not None:
+                    break
+            if r is None:  # nowhere clear (it never happened from 200x200 up): the bottom-left corner
+                ro = variants[-1]
+                rw, rh = size(ro, W - 2 * m)
+                r = QtCore.QRectF(m, H - m - rh, rw, rh)
+            placed.append(r)
+            boxes["readout"] = (r, ro, A.AlignLeft)
+        return boxes, graphics
 
     def _draw_overlays(self, p: QtGui.QPainter) -> None:
         st = self.state
@@ -433,25 +560,14 @@ class SliceView(QtWidgets.QWidget):
                 p.setPen(QtGui.QPen(QtGui.QColor(CROSS_COLOURS["oblique"]), 2))
                 p.drawLine(a, b)
         self.tools.draw(p)
-        # text on dark plates, laid out without overlaps
+        # text on dark plates and the corner graphics, laid out together without overlaps
         p.setFont(self._font())
-        for rect, text, align in self.text_boxes().values():
+        boxes, graphics = self.layout_overlays()
+        for rect, text, align in boxes.values():
             p.fillRect(rect, QtGui.QColor(0, 0, 0, 150))
             p.setPen(QtGui.QColor("#ffb347") if text.startswith("⚠") or "\n⚠" in text else QtGui.QColor("#e6e6e6"))
             p.drawText(rect.adjusted(3, 1, -3, 0), align | QtCore.Qt.AlignmentFlag.AlignTop, text)
-        # bottom-right: scale bar
-        W, H, m = self.width(), self.height(), 6
-        t = self.image_transform()
-        px_per_mm = t.m11() / (np.linalg.norm(img.right_step) or 1.0)
-        if px_per_mm > 0:
-            mm = nice_bar_mm(0.25 * W / px_per_mm)
-            L = mm * px_per_mm
-            y = H - 30
-            x1 = W - m - 40
-            p.setPen(QtGui.QPen(QtGui.QColor("#e6e6e6"), 2))
-            p.drawLine(QtCore.QPointF(x1 - L, y), QtCore.QPointF(x1, y))
-            tw = max(L, 64.0)
-            p.drawText(QtCore.QRectF(x1 - L / 2 - tw / 2, y + 2, tw, 20), QtCore.Qt.AlignmentFlag.AlignHCenter, f"{mm:g} mm")
+        self._draw_corner_graphics(p, graphics)
 
     def oblique_trace(self) -> tuple[QtCore.QPointF, QtCore.QPointF] | None:
         """The oblique plane's intersection with this view's plane, clipped to the view (widget points)."""
@@ -560,6 +676,7 @@ class SliceView(QtWidgets.QWidget):
                 self.state.set_window(width * float(np.exp(d.x() / 200.0)), level - d.y() * width / 400.0)
             elif kind == "pan":
                 self.pan = ref + d  # type: ignore[operator]
+                self.view_changed.emit("pan")
             elif kind == "axis" and w is not None:
                 self._line = (ref, w)  # type: ignore[assignment]
         elif self.state.tool != "navigate":
@@ -580,6 +697,7 @@ class SliceView(QtWidgets.QWidget):
             self.tools.release(e.position())
         self._line = None
         self._drag = None
+        self.gesture_ended.emit()
         self.update()
 
     def wheelEvent(self, e: QtGui.QWheelEvent) -> None:  # noqa: N802
@@ -599,14 +717,18 @@ class SliceView(QtWidgets.QWidget):
     def flush_scroll(self) -> None:
         steps, self._pending_steps = self._pending_steps, 0
         if steps:
-            self.state.step_along(self.plane(), steps)
+            self.step(steps)
+
+    def step(self, steps: int) -> None:
+        """Scroll this view by ``steps`` slices (wheel, arrows, Page Up/Down)."""
+        self.state.step_along(self.plane(), steps)
 
     def keyPressEvent(self, e: QtGui.QKeyEvent) -> None:  # noqa: N802
         k = e.key()
         K = QtCore.Qt.Key
         steps = {K.Key_Up: 1, K.Key_Down: -1, K.Key_PageUp: 10, K.Key_PageDown: -10}.get(k)
         if steps is not None:
-            self.state.step_along(self.plane(), steps)
+            self.step(steps)
         elif k == K.Key_Escape and self.state.tool != "navigate":
             self.tools.cancel()
             self.state.set_tool("navigate")

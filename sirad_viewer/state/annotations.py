@@ -211,6 +211,11 @@ class AnnotationSet:
         self._undo.append(self._snapshot())
         self._redo.clear()
 
+    @property
+    def undo_depth(self) -> int:
+        """How many edits can be undone (the reading's undo timeline counts edits by it)."""
+        return len(self._undo)
+
     def undo(self) -> bool:
         if not self._undo:
             return False

@@ -461,11 +461,13 @@ class Reading:
 
 
 def latest_reading(log_path: str | Path, case: str) -> dict[str, Any] | None:
-    """The last locked reading of ``case`` in a reads log (pre-AI and any later post-AI grades), or None."""
+    """The last locked reading of ``case`` in a reads log (pre-AI and any later post-AI grades, and the
+    reader's last annotations: marks, findings, measurements), or None."""
     p = Path(log_path)
     if not p.exists():
         return None
     found: dict[str, Any] | None = None
+    annotations: dict[str, Any] | None = None  # the last state of the reader's marks, findings and measurements
     with open(p) as fh:
         for line in fh:
             try:
@@ -479,4 +481,8 @@ def latest_reading(log_path: str | Path, case: str) -> dict[str, Any] | None:
                          "post_ai": None}
             elif rec.get("event") in ("post", "revise") and found is not None and rec.get("post"):
                 found["post_ai"] = rec.get("post")
+            elif rec.get("event") == "annotations" and isinstance(rec.get("annotations"), dict):
+                annotations = rec["annotations"]
+    if found is not None and annotations is not None:
+        found["annotations"] = annotations
     return found

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from sirad_viewer.imaging import reslice as rs
 from sirad_viewer.imaging.display import PRESETS
 from sirad_viewer.imaging.volume import Volume
+
+if TYPE_CHECKING:
+    from sirad_viewer.state.history import ViewSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +277,28 @@ class ViewerState:
             self.crosshair = np.asarray(point, float)
             self.crosshair_changed.emit(self.crosshair.copy())
         self.oblique_changed.emit()
+
+    # --- undo of view changes (the timeline is sirad_viewer.state.history) ----------------------------
+    def view_snapshot(self, views: dict[str, tuple[float, float, float]] | None = None) -> "ViewSnapshot":
+        """The view as it is now; ``views`` (name -> zoom, pan x, pan y) comes from the display layer."""
+        from sirad_viewer.state.history import ViewSnapshot
+
+        w = self.window
+        return ViewSnapshot(self.crosshair.copy(), (w.width, w.level, w.preset),
+                            None if self.sacral_axis is None else self.sacral_axis.copy(), self.sacral_axis_source,
+                            self.layout, dict(views or {}))
+
+    def restore_view(self, snap: "ViewSnapshot") -> None:
+        """Put back a snapshot's crosshair, window, oblique plane and layout (emitting the usual events)."""
+        self.set_window(*snap.window)
+        axis = None if snap.sacral_axis is None else np.asarray(snap.sacral_axis, float).copy()
+        same_axis = (axis is None and self.sacral_axis is None) or (
+            axis is not None and self.sacral_axis is not None and np.allclose(axis, self.sacral_axis))
+        if not same_axis or snap.sacral_axis_source != self.sacral_axis_source:
+            self.sacral_axis, self.sacral_axis_source = axis, snap.sacral_axis_source
+            self.oblique_changed.emit()
+        self.set_crosshair(snap.crosshair)
+        self.set_layout(snap.layout)
 
     # --- layout and text -------------------------------------------------------------------------
     def set_layout(self, name: str) -> None:

@@ -67,8 +67,24 @@ def _result(volume: Volume, *, ood: bool | None = None) -> GradeResult:
                        segmentation=_Seg(labels))
 
 
+def _annotations() -> dict:
+    """The reader's marks, measurements and checklist as the viewer keeps them (core objects)."""
+    from sirad_viewer.state.annotations import Angle, AnnotationSet, CircleROI, LesionMark, Ruler
+
+    a = AnnotationSet()
+    a.add(Ruler(np.array([-40.0, 10.0, 5.0]), np.array([-36.5, 10.0, 5.0])))
+    a.add(Angle(np.array([0.0, 0.0, 10.0]), np.zeros(3), np.array([10.0, 0.0, 0.0])))
+    a.add(CircleROI(np.array([30.0, 12.0, 4.0]), 4.0, np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, -1.0]),
+                    {"mean": 812.5, "sd": 61.2, "min": 640.0, "max": 990.0, "n": 37}))
+    a.add(LesionMark("erosion", "right", [np.array([-38.0, 11.0, 6.0])]))
+    a.add(LesionMark("partial ankylosis", "left", [np.array([35.0, 9.0, 2.0]), np.array([39.0, 9.0, 2.0]),
+                                                   np.array([37.0, 9.0, -3.0])]))
+    a.set_finding("right", "sclerosis", True)
+    return a.to_dict()
+
+
 READING = {"reader": "rad01", "pre_ai": {"right": 1, "left": 2, "at": "2026-11-28T10:00:05+00:00"},
-           "post_ai": {"right": 2, "left": 2, "at": "2026-11-28T10:02:30+00:00"}}
+           "post_ai": {"right": 2, "left": 2, "at": "2026-11-28T10:02:30+00:00"}, "annotations": _annotations()}
 
 
 @pytest.fixture(params=["dicom", "nifti"])
@@ -230,3 +246,41 @@ def test_cli_grade_dicom_on_the_demo_ct(tmp_path, real_nifti):
             "ct"} <= names
     rep = DR.read_ai_report(pydicom.dcmread(tmp_path / "out" / "ai_sr.dcm"))
     assert rep["model"]["name"] and set(rep["joints"]) == {"right", "left"}
+
+
+def test_reader_sr_carries_the_findings_marks_and_measurements(written):
+    """#13 tool 4: the lesion marks, the findings checklist and the measurements go into the reader's SR."""
+    _, _, _, files = written
+    sr = pydicom.dcmread(files["reader_sr"])
+    got = DR.read_reader_findings(sr)
+    ann = READING["annotations"]
+    assert got["findings"] == {"right": ["erosion", "sclerosis"], "left": ["partial ankylosis"]}
+    assert got["findings"] == ann["findings"]
+    assert got["suggested_grade"] == ann["suggested_grade"] == {"right": 2, "left": 3}
+    assert [r["length_mm"] for r in got["rulers"]] == pytest.approx([3.5])
+    assert np.allclose(got["rulers"][0]["points"], [[-40, 10, 5], [-36.5, 10, 5]])
+    assert [a["degrees"] for a in got["angles"]] == pytest.approx([90.0])
+    roi = got["rois"][0]
+    assert (roi["mean"], roi["sd"], roi["min"], roi["max"], roi["n"]) == pytest.approx((812.5, 61.2, 640.0, 990.0, 37))
+    assert np.allclose(np.mean(roi["points"], axis=0), [30, 12, 4])  # the circle's ellipse, centred on the ROI
+    les = sorted(got["lesions"], key=lambda x: x["side"])
+    assert [(x["lesion"], x["side"], len(x["points"])) for x in les] == [("partial ankylosis", "left", 3),
+                                                                          ("erosion", "right", 1)]
+    # standard codes where they exist: SCT Length / Angle / Mean ..., DCM Attenuation Coefficient, SCT Present
+    items: list = []
+    DR._walk(sr.ContentSequence, items)
+    concepts = {(i.ConceptNameCodeSequence[0].CodingSchemeDesignator, i.ConceptNameCodeSequence[0].CodeValue)
+                for i in items if i.get("ConceptNameCodeSequence")}
+    assert {("SCT", "410668003"), ("SCT", "1483009"), ("DCM", "112031"), ("DCM", "121401")} <= concepts
+    units = {i.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue for i in items
+             if i.ValueType == "NUM"}
+    assert {"mm", "deg", "[hnsf'U]"} <= units
+    # the grades are still read as before, and nothing makes it look like the AI's report
+    assert DR.read_ai_report(sr) is None
+
+
+def test_reader_sr_without_annotations_has_no_findings(tmp_path):
+    vol = _ct_volume(tmp_path, dicom=False)
+    reading = {k: v for k, v in READING.items() if k != "annotations"}
+    sr = pydicom.dcmread(DR.write_reader_report(reading, vol, tmp_path / "out"))
+    assert DR.read_reader_findings(sr) is None

@@ -209,9 +209,128 @@ def test_flagged_result_shows_not_reliable_above_the_grades(qtbot):
     panel.resize(420, 900)
     panel.show()
     qtbot.waitExposed(panel)
-    assert "unlike the training data" in panel.hidden_label.text() and panel.hidden_label.isVisible()
+    assert "unlike the training data" in panel.ood_label.text() and panel.ood_label.isVisible()
     top = lambda w: w.mapTo(panel, QtCore.QPoint(0, 0)).y()  # noqa: E731
-    assert top(panel.hidden_label) < top(panel.joint_labels["right"]) < top(panel.patient_label)
+    assert top(panel.ood_label) < top(panel.joint_labels["right"]) < top(panel.patient_label)
     assert "not reliable" in panel.joint_labels["right"].text()
     assert panel.joint_labels["right"].text().index("not reliable") < panel.joint_labels["right"].text().index("AI grade 4")
     assert "(not reliable)" in panel.patient_label.text()
+
+
+# --- #13 review: the panel in its dock: pinned disclaimer, warning before the grade, no clipping ------
+
+class _Joint:
+    def __init__(self, groups):
+        self.groups = groups
+
+
+class _FlaggedResult:
+    """What the panel reads of a pipeline result (``to_dict`` and each joint's grade groups)."""
+
+    joints = {"right": _Joint([[0, 1], [2], [3, 4]]), "left": _Joint([[0, 1], [2], [3, 4]])}
+
+    def to_dict(self):
+        ood = {"score": 7.4, "threshold": 5.6, "flagged": True}
+        j = {"grade": 4, "probabilities": [0.02, 0.02, 0.04, 0.08, 0.84], "category3": 2, "category3_label": "3-4",
+             "category3_probabilities": [0.04, 0.04, 0.92], "ood": ood}
+        return {"ood_flagged": True, "joints": {"right": dict(j), "left": dict(j)},
+                "reliability": "AI result unlike the training data \u2014 not reliable (right joint: OOD score 7.4 > "
+                               "threshold 5.6; left joint: OOD score 7.4 > threshold 5.6)",
+                "patient": {"as_positive": True, "probability": 0.97,
+                            "explanation": "grade 3-4 on one side meets the modified New York criterion"},
+                "timings_s": {"segmentation": 1.23, "grading": 0.45, "gradcam": 0.61}}
+
+
+@pytest.fixture()
+def revealed_panel(qtbot, tmp_path):
+    """The main window at its default size with a locked reading whose (flagged) AI result is revealed."""
+    from sirad_viewer.qt.app import MainWindow
+    from sirad_viewer.state.reading import Reading
+
+    w = MainWindow(interactive=False, with_3d=False)
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitExposed(w)
+    r = Reading("case-x", log_path=tmp_path / "reads.jsonl")
+    r.set_grade("right", 1)
+    r.set_grade("left", 1)
+    r.lock()
+    r.receive_ai(_FlaggedResult())
+    w.ai_panel.bind(r)
+    for _ in range(3):
+        QtWidgets.QApplication.processEvents()
+    yield w
+    w.ai_panel.bind(None)
+    w.close()
+
+
+def _in(widget, outer) -> QtCore.QRect:
+    return QtCore.QRect(widget.mapTo(outer, QtCore.QPoint(0, 0)), widget.size())
+
+
+def test_disclaimer_stays_in_view_when_the_results_scroll(revealed_panel, qtbot):
+    """#13: the disclaimer scrolled out of view above the results."""
+    w = revealed_panel
+    p = w.ai_panel
+    dock = w.ai_dock
+    scrollers = [s for s in dock.findChildren(QtWidgets.QScrollArea) if s.verticalScrollBar().maximum() > 0]
+    assert scrollers, "the results fit without scrolling at this size: the test would prove nothing"
+    for s in scrollers:
+        s.verticalScrollBar().setValue(s.verticalScrollBar().maximum())
+    QtWidgets.QApplication.processEvents()
+    # scrolled to the end: the last result is in view, and so is the whole disclaimer
+    assert p.timing_label.visibleRegion().boundingRect().height() > 0
+    disc = [lab for lab in p.findChildren(QtWidgets.QLabel) if lab.text().startswith("Demo model trained")]
+    assert len(disc) == 1
+    vis = disc[0].visibleRegion().boundingRect()
+    assert vis.height() == disc[0].height() and vis.width() == disc[0].width(), vis
+    assert dock.rect().contains(_in(disc[0], dock))
+
+
+def test_ood_warning_comes_before_the_grade(revealed_panel):
+    """#13: the out-of-distribution warning must be seen before the grade."""
+    w = revealed_panel
+    p = w.ai_panel
+    labels = [lab for lab in p.findChildren(QtWidgets.QLabel) if lab.isVisibleTo(p) and lab.text()]
+    warn = [lab for lab in labels if "not reliable" in lab.text() and "OOD score" in lab.text()]
+    grade = list(p.joint_labels.values())
+    assert warn and all("AI grade" in g.text() for g in grade)
+    y_warn = warn[0].mapTo(w, QtCore.QPoint(0, 0)).y()
+    assert all(y_warn < g.mapTo(w, QtCore.QPoint(0, 0)).y() for g in grade)
+    # pinned: whatever the scroll position, the warning stays where the disclaimer is
+    for s in w.ai_dock.findChildren(QtWidgets.QScrollArea):
+        s.verticalScrollBar().setValue(s.verticalScrollBar().maximum())
+    QtWidgets.QApplication.processEvents()
+    assert warn[0].visibleRegion().boundingRect().height() == warn[0].height()
+    # and in each joint's own line the flag precedes the grade
+    for g in grade:
+        t = g.text()
+        assert t.index("not reliable") < t.index("AI grade")
+
+
+def test_nothing_is_clipped_at_the_default_dock_width(revealed_panel):
+    """#13: the OOD warning, '... Right SIJ: AI grade 4 (...' and the grading panel's confidence box and
+    'Locked' button ran past the dock's right edge."""
+    w = revealed_panel
+    p = w.ai_panel
+    dock = w.ai_dock
+    right = dock.width()
+    for child in p.findChildren(QtWidgets.QWidget):
+        if not child.isVisibleTo(p) or isinstance(child, (QtWidgets.QScrollBar,)) or child.width() == 0:
+            continue
+        r = _in(child, dock)
+        assert r.right() <= right, (type(child).__name__, getattr(child, "text", lambda: "")(), r, right)
+        if isinstance(child, QtWidgets.QLabel) and not child.wordWrap() and child.text():
+            assert child.sizeHint().width() <= child.width() + 1, child.text()
+    assert p.grading.lock_button.text() == "Locked"
+    assert _in(p.grading.confidence, dock).right() <= right
+
+
+def test_categories_are_named_in_words(revealed_panel):
+    """#13: '3-category 4' was cryptic; the groups come from the model (here 0-1 / 2 / 3-4)."""
+    p = revealed_panel.ai_panel
+    t = p.joint_labels["right"].text()
+    assert "grades 3-4, marked damage or ankylosis" in t and "3-category" not in t
+    cats = p.category_labels["right"].text()
+    assert "grades 0-1, normal or suspicious" in cats and "grade 2, minimal abnormality" in cats
+    assert p.bars3["right"].labels == ["0-1", "2", "3-4"]

@@ -344,3 +344,206 @@ def test_prior_side_by_side_linked_in_patient_coordinates(win, qtbot):
         cmp_.set_mirrored(False)
         cmp_.close_prior()
     assert st.layout == "sij"
+
+
+def _lum(widget) -> np.ndarray:
+    img = widget.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB888)
+    ptr = img.constBits()
+    ptr.setsize(img.sizeInBytes())
+    rgb = np.frombuffer(ptr, np.uint8).reshape(img.height(), img.bytesPerLine())[:, : 3 * img.width()]
+    return rgb.reshape(img.height(), img.width(), 3).astype(float) @ np.array([0.299, 0.587, 0.114])
+
+
+@pytest.fixture()
+def dark(qapp):
+    from sirad_viewer.qt.app import DARK_QSS
+
+    qapp.setStyleSheet(DARK_QSS)  # the theme the viewer runs with
+    yield
+    qapp.setStyleSheet("")
+
+
+def test_findings_check_boxes_are_visible_on_the_dark_theme(win, dark):
+    """#13 review: the checklist's boxes were nearly invisible (dark grey on near-black)."""
+    panel = win.reading_tools.findings
+    QtCore.QCoreApplication.processEvents()
+    key = next(iter(panel.checks))
+    cb = panel.checks[key]
+    assert not cb.isChecked()
+    bg = float(np.median(_lum(panel.suggest["right"])))  # the panel's own background
+    assert bg < 60  # dark
+    off = _lum(cb)
+    # the empty box's outline stands out from the background (at least 100 of 255 levels)
+    assert off.max() - bg >= 100, (off.max(), bg)
+    cb.blockSignals(True)
+    cb.setChecked(True)
+    try:
+        on = _lum(cb)
+    finally:
+        cb.setChecked(False)
+        cb.blockSignals(False)
+    # ticked and empty look clearly different (a filled box, not a faint mark)
+    assert np.abs(on - off).mean() >= 10 and (np.abs(on - off) > 60).sum() >= 40
+
+
+@pytest.mark.parametrize("name", ["axial", "oblique"])
+def test_corner_overlays_never_overlap_at_any_view_size(win, name):
+    """#13 review: in the small views of the 2x2/SIJ layouts the box legend ('AI box, right SIJ') ran
+    into the 50 mm scale bar. Every overlay (texts, scale bar, colour bar and its labels, legend)
+    keeps its own rectangle, inside the view, at every size from 200x200 up."""
+    from sirad_viewer.qt.slice_view import SliceView
+
+    st = win.state
+    st.set_overlays(heatmap=st.volume.with_array(np.zeros(st.volume.shape, np.float32)),
+                    boxes=[_Box("right"), _Box("left")])
+    v = SliceView(st, name)
+    try:
+        for size in [(200, 200), (220, 260), (258, 270), (300, 200), (200, 340), (364, 900), (520, 360),
+                     (640, 480), (900, 364), (1000, 540), (1200, 900)]:
+            v.resize(*size)
+            v._cursor_pos = QtCore.QPointF(size[0] / 2, size[1] / 2)
+            rects = v.overlay_rects()
+            for must in ("scalebar", "legend_right", "legend_left", "colourbar", "header", "readout", "bottom"):
+                assert must in rects, (size, must)
+            names = list(rects)
+            inside = QtCore.QRectF(0, 0, *size)
+            for i, a in enumerate(names):
+                assert inside.contains(rects[a]), (size, a, rects[a])
+                for b in names[i + 1:]:
+                    assert not rects[a].intersects(rects[b]), (size, a, rects[a], b, rects[b])
+    finally:
+        st.clear_overlays()
+
+
+def _key(win, seq: str) -> None:
+    """Press a shortcut the way the window receives it (the action bound to it)."""
+    acts = [a for a in win.findChildren(QtGui.QAction) if a.shortcut().toString() == seq and a.isEnabled()]
+    assert acts, seq
+    acts[0].trigger()
+
+
+def test_view_changes_are_undone_and_redone_a_wheel_burst_as_one_step(win, qtbot):
+    """#13 tool 7: undo covered annotations only; zoom, pan, window, slice position, layout and the
+    oblique plane could not be undone."""
+    st = win.state
+    v = win.views["axial"]
+    if hasattr(win.reading_tools, "undo"):
+        win.reading_tools.undo.reset()
+        win.reading_tools.undo.history.coalesce_s = 0.35  # a burst: events closer than this
+    qtbot.wait(5)
+    start = (st.crosshair.copy(), st.window, st.layout, v.zoom)
+    axis0 = None if st.sacral_axis is None else st.sacral_axis.copy()
+    c = QtCore.QPointF(v.width() / 2, v.height() / 2)
+    for _ in range(12):  # a wheel burst: one undo step
+        QtCore.QCoreApplication.sendEvent(v, wheel(v, c, 120))
+        QtCore.QCoreApplication.processEvents()
+    scrolled = st.crosshair.copy()
+    assert not np.allclose(scrolled, start[0])
+    qtbot.wait(500)  # a pause: the next change is a new step
+    for _ in range(3):  # ctrl+wheel zoom burst
+        QtCore.QCoreApplication.sendEvent(v, wheel(v, c, 120, QtCore.Qt.KeyboardModifier.ControlModifier))
+    zoomed = v.zoom
+    qtbot.wait(500)
+    st.apply_preset("soft-tissue")
+    qtbot.wait(500)
+    st.set_layout("2x2")
+    qtbot.wait(500)
+    st.set_sacral_axis(np.array([0.0, -0.6, 0.8]), source="reader")
+    qtbot.wait(5)
+    from sirad_viewer.state.annotations import Ruler
+
+    n0 = len(st.annotations.items)
+    st.annotations.add(Ruler(st.crosshair.copy(), st.crosshair + 10))
+    _key(win, "Ctrl+Z")
+    assert len(st.annotations.items) == n0  # the ruler
+    _key(win, "Ctrl+Z")
+    assert (st.sacral_axis is None) if axis0 is None else np.allclose(st.sacral_axis, axis0)
+    _key(win, "Ctrl+Z")
+    assert st.layout == start[2]
+    _key(win, "Ctrl+Z")
+    assert st.window == start[1]
+    _key(win, "Ctrl+Z")
+    assert v.zoom == pytest.approx(start[3]) and np.allclose(st.crosshair, scrolled)
+    _key(win, "Ctrl+Z")  # the whole burst at once
+    assert np.allclose(st.crosshair, start[0])
+    # and forward again
+    _key(win, "Ctrl+Shift+Z")
+    assert np.allclose(st.crosshair, scrolled)
+    _key(win, "Ctrl+Shift+Z")
+    assert v.zoom == pytest.approx(zoomed)
+    for _ in range(4):
+        _key(win, "Ctrl+Shift+Z")
+    assert st.layout == "2x2" and len(st.annotations.items) == n0 + 1 and st.window.preset == "soft-tissue"
+    # leave the shared window as the other tests expect it
+    st.annotations.undo()
+    st.set_layout(start[2])
+    st.apply_preset("bone")
+    st.sacral_axis = axis0
+    st.oblique_changed.emit()
+    st.set_crosshair(start[0])
+    v.reset_view()
+    win.reading_tools.undo.reset()
+    win.reading_tools.undo.history.coalesce_s = 0.6
+    assert len(win.reading_tools.undo.history) == 0
+
+
+def _moved_prior(win):
+    from sirad_viewer.imaging.registration import RigidTransform
+
+    cur = win.state.volume
+    t = np.deg2rad(5.0)
+    rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1.0]])
+    c = cur.center_world()
+    shift = np.array([10.0, -6.0, 4.0])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ cur.affine[:3, :3]
+    aff[:3, 3] = rot @ (cur.affine[:3, 3] - c) + c + shift
+    return cur.with_array(cur.array, aff), RigidTransform(rot, c + shift - rot @ c)
+
+
+def _click(view, pos: QtCore.QPointF) -> None:
+    for kind in (QtCore.QEvent.Type.MouseButtonPress, QtCore.QEvent.Type.MouseButtonRelease):
+        ev = QtGui.QMouseEvent(kind, pos, view.mapToGlobal(pos), QtCore.Qt.MouseButton.LeftButton,
+                               QtCore.Qt.MouseButton.LeftButton if kind == QtCore.QEvent.Type.MouseButtonPress
+                               else QtCore.Qt.MouseButton.NoButton, QtCore.Qt.KeyboardModifier.NoModifier)
+        QtCore.QCoreApplication.sendEvent(view, ev)
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_scrolling_and_clicking_in_the_prior_drive_the_current_view(win, qtbot, mirrored):
+    """#13 review: scrolling in the prior view moved only the prior (the current one stayed); linked
+    both ways in patient coordinates after the registration, mirrored or not."""
+    st = win.state
+    prior, tx = _moved_prior(win)
+    cmp_ = win.reading_tools.prior
+    cmp_.show(prior, tx)
+    qtbot.wait(20)
+    try:
+        cmp_.set_mirrored(mirrored)
+        v = cmp_.view
+        st.set_crosshair(np.array(win.phantom.truth["joints"]["left"]["center_lps_mm"]))
+        start = st.crosshair.copy()
+        n = st.plane("oblique").normal
+        c = QtCore.QPointF(v.width() / 2, v.height() / 2)
+        for _ in range(3):  # a wheel burst in the prior view
+            QtCore.QCoreApplication.sendEvent(v, wheel(v, c, 120))
+        qtbot.waitUntil(lambda: not np.allclose(st.crosshair, start), timeout=2000)
+        moved = st.crosshair - start
+        assert float(moved @ n) > 1.0 and np.linalg.norm(moved - n * float(moved @ n)) < 1e-6  # along the normal
+        assert np.allclose(cmp_.state.crosshair, tx.apply(st.crosshair), atol=1e-6)  # and the prior follows
+        before = st.crosshair.copy()
+        QtCore.QCoreApplication.sendEvent(v, QtGui.QKeyEvent(QtCore.QEvent.Type.KeyPress, QtCore.Qt.Key.Key_Down,
+                                                             QtCore.Qt.KeyboardModifier.NoModifier))
+        assert float((st.crosshair - before) @ n) < -0.5
+        # a click on the prior puts the current crosshair on the same anatomy
+        target = st.crosshair + 15.0 * st.plane("oblique").right
+        pos = v.world_to_widget(tx.apply(target))
+        centre = v.world_to_widget(cmp_.state.crosshair)
+        # mirrored, the anatomy on the patient's left is drawn on the other side of the centre
+        assert (pos.x() < centre.x()) == mirrored
+        _click(v, pos)
+        assert np.allclose(st.crosshair, target, atol=0.6), (st.crosshair, target)
+        assert np.allclose(cmp_.state.crosshair, tx.apply(st.crosshair), atol=1e-6)
+    finally:
+        cmp_.set_mirrored(False)
+        cmp_.close_prior()

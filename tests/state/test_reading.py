@@ -223,3 +223,21 @@ def test_annotations_go_into_the_study_log(tmp_path):
     r.record_annotations(marks)
     events = [e for e in store.events() if e.kind == "annotations"]
     assert len(events) == 1 and events[0].payload["annotations"] == marks and events[0].case == item["case"]
+
+
+def test_latest_reading_carries_the_readers_last_annotations(tmp_path):
+    """#13: the findings go into the reader's SR, which is written from the reads log's record."""
+    log = tmp_path / "reads.jsonl"
+    r = Reading("case-a", log_path=log)
+    r.record_annotations({"items": [], "findings": {"right": ["erosion"], "left": []}})
+    r.set_grade("right", 2)
+    r.set_grade("left", 0)
+    r.lock()
+    r.record_annotations({"items": [], "findings": {"right": ["erosion", "sclerosis"], "left": []}})
+    got = latest_reading(log, "case-a")
+    assert got["annotations"]["findings"]["right"] == ["erosion", "sclerosis"]  # the last state
+    r2 = Reading("case-b", log_path=log)
+    r2.set_grade("right", 1)
+    r2.set_grade("left", 1)
+    r2.lock()
+    assert "annotations" not in latest_reading(log, "case-b")
