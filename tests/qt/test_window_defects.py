@@ -136,3 +136,166 @@ def test_3d_view_has_an_orientation_marker_in_patient_directions(qtbot):
         assert (actor.GetXAxisLabelText(), actor.GetYAxisLabelText(), actor.GetZAxisLabelText()) == ("L", "P", "S")
     finally:
         v.plotter.close()
+
+
+def trigger_key(win, key: str) -> None:
+    """What pressing ``key`` does in the window: the one action or shortcut bound to it."""
+    hits = [a for a in win.findChildren(QtGui.QAction) if a.shortcut().toString() == key]
+    hits += [s for s in win.findChildren(QtGui.QShortcut) if s.key().toString() == key]
+    assert len(hits) == 1, f"{len(hits)} bindings of {key}"
+    hit = hits[0]
+    hit.trigger() if isinstance(hit, QtGui.QAction) else hit.activated.emit()
+    QtCore.QCoreApplication.processEvents()
+
+
+def near(img: np.ndarray, colour: str, tol: int = 40) -> np.ndarray:
+    c = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+    return np.abs(img - c).max(axis=2) < tol
+
+
+def test_zoom_keeps_the_point_under_the_cursor(win):
+    """#13: Ctrl+wheel zoomed about the view's centre, not about the cursor."""
+    v = win.views["coronal"]
+    v.zoom, v.pan = 1.0, QtCore.QPointF(0, 0)
+    pos = QtCore.QPointF(v.width() * 0.25, v.height() * 0.3)
+    under = v.widget_to_world(pos)
+    QtCore.QCoreApplication.sendEvent(v, QtGui.QWheelEvent(
+        pos, v.mapToGlobal(pos), QtCore.QPoint(0, 0), QtCore.QPoint(0, 120), QtCore.Qt.MouseButton.NoButton,
+        QtCore.Qt.KeyboardModifier.ControlModifier, QtCore.Qt.ScrollPhase.NoScrollPhase, False))
+    try:
+        assert v.zoom > 1.1
+        assert np.linalg.norm(v.widget_to_world(pos) - under) < 0.5  # mm
+    finally:
+        v.zoom, v.pan = 1.0, QtCore.QPointF(0, 0)
+
+
+def test_the_crosshair_leaves_the_point_clear(win, qapp):
+    """#13: the crosshair ran full length through the point, with no gap."""
+    v = win.views["axial"]
+    st = win.state
+    win.state.set_layout("sij")
+    qapp.processEvents()
+    centre = st.crosshair.copy()
+    c = v.world_to_widget(centre)
+    x, y = int(round(c.x())), int(round(c.y()))
+    on = rgb(v)
+    try:
+        st.set_crosshair(centre + np.array([60.0, 60.0, 0.0]))  # the lines elsewhere, same slice
+        qapp.processEvents()
+        moved = rgb(v)
+    finally:
+        st.set_crosshair(centre)
+    diff = np.abs(on - moved).max(axis=2) > 0
+    g = 6
+    assert not diff[y - g:y + g + 1, x - g:x + g + 1].any()  # the point itself stays visible
+    assert diff[y - 1:y + 2, x + 30:x + 90].any(axis=0).mean() > 0.3  # the crosshair beyond the gap
+
+
+def test_c_hides_and_shows_the_crosshair(win, qapp):
+    """#13: the crosshair could not be switched off."""
+    v = win.views["axial"]
+    win.state.set_layout("sij")
+    qapp.processEvents()
+    c = v.world_to_widget(win.state.crosshair)
+    x, y = int(round(c.x())), int(round(c.y()))
+    on = rgb(v)
+    trigger_key(win, "C")
+    off = rgb(v)
+    trigger_key(win, "C")
+    again = rgb(v)
+    assert (np.abs(on - off).max(axis=2) > 0)[y - 1:y + 2, x + 30:x + 90].any(axis=0).mean() > 0.3
+    assert np.array_equal(on, again)
+
+
+def test_the_oblique_plane_is_traced_on_the_sagittal_and_axial_views(win, qapp):
+    """#13: there was no trace of the oblique plane on the sagittal or axial views."""
+    from sirad_viewer.qt.slice_view import CROSS_COLOURS
+
+    win.state.set_layout("sij")
+    qapp.processEvents()
+    for name in ("sagittal", "axial"):
+        v = win.views[name]
+        assert near(rgb(v), CROSS_COLOURS["oblique"]).sum() > 0.3 * min(v.width(), v.height()), name
+
+
+def test_f1_opens_a_sheet_of_the_shortcuts(win, qapp):
+    """#13: Help had only 'About', no shortcut sheet."""
+    from PyQt6 import QtWidgets
+
+    trigger_key(win, "F1")
+    sheets = [d for d in win.findChildren(QtWidgets.QDialog) if d.isVisible()]
+    assert len(sheets) == 1
+    texts = [w.text() for w in sheets[0].findChildren(QtWidgets.QLabel)]
+    for t in sheets[0].findChildren(QtWidgets.QTableWidget):
+        texts += [t.item(r, c).text() for r in range(t.rowCount()) for c in range(t.columnCount()) if t.item(r, c)]
+    for t in sheets[0].findChildren(QtWidgets.QTextEdit):
+        texts.append(t.toPlainText())
+    sheet = "\n".join(texts)
+    sheets[0].close()
+    for key in ("K", "J", "C", "Ctrl+Return", "F1"):  # keys a reader needs, each on the sheet
+        assert key in sheet.split() or f"\n{key}\n" in f"\n{sheet}\n", key
+
+
+def test_a_plane_57_degrees_from_craniocaudal_does_not_turn_the_oblique_view_axial(win):
+    """#13: the AI-derived plane on the real CT was 57 degrees from craniocaudal: the oblique view
+    looked axial, its edges labelled AS / PI. Superior must stay at the top of the view."""
+    from sirad_viewer.qt.slice_view import direction_letters
+
+    t = np.deg2rad(57.0)
+    win.state.set_sacral_axis(np.array([0.0, -np.sin(t), np.cos(t)]), source="segmentation")
+    down = win.state.plane("oblique").down
+    assert direction_letters(-down)[0] == "S" and direction_letters(down)[0] == "I"
+
+
+def _readout(v) -> np.ndarray:
+    """The readout's light grey text, bottom left of ``v`` (left of the 'bottom' orientation letter)."""
+    img = rgb(v)[v.height() - 60:, 6:int(0.4 * v.width())]
+    return (img.min(axis=2) > 180) & (np.ptp(img, axis=2) < 12)
+
+
+def _hover_centre(v) -> QtCore.QPointF:
+    pos = QtCore.QPointF(v.width() * 0.5, v.height() * 0.5)
+    QtCore.QCoreApplication.sendEvent(v, QtGui.QMouseEvent(
+        QtCore.QEvent.Type.MouseMove, pos, v.mapToGlobal(pos), QtCore.Qt.MouseButton.NoButton,
+        QtCore.Qt.MouseButton.NoButton, QtCore.Qt.KeyboardModifier.NoModifier))
+    QtCore.QCoreApplication.processEvents()
+    return pos
+
+
+def test_the_readout_follows_scrolling(win, qapp, qtbot):
+    """#13: the HU/position readout did not update while scrolling."""
+    v = win.views["axial"]
+    st = win.state
+    st.set_layout("sij")
+    qapp.processEvents()
+    pos = _hover_centre(v)
+    before = _readout(v)
+    assert before.sum() > 30
+    z0 = st.crosshair[2]
+    QtCore.QCoreApplication.sendEvent(v, QtGui.QWheelEvent(
+        pos, v.mapToGlobal(pos), QtCore.QPoint(0, 0), QtCore.QPoint(0, 120), QtCore.Qt.MouseButton.NoButton,
+        QtCore.Qt.KeyboardModifier.NoModifier, QtCore.Qt.ScrollPhase.NoScrollPhase, False))
+    qtbot.waitUntil(lambda: st.crosshair[2] != z0, timeout=2000)
+    qapp.processEvents()
+    assert not np.array_equal(_readout(v), before)  # the position under the still cursor changed
+
+
+def test_a_new_case_starts_without_the_last_cases_readout(win, qapp):
+    """#13: the readout carried the last case's coordinates into a new case."""
+    from sirad_viewer.imaging import Volume
+
+    v = win.views["axial"]
+    st = win.state
+    st.set_layout("sij")
+    qapp.processEvents()
+    _hover_centre(v)
+    assert _readout(v).sum() > 30
+    old = st.volume
+    try:
+        st.set_volume(Volume(np.zeros((5, 5, 5), np.int16), np.eye(4)))  # a new case, the mouse not moved
+        qapp.processEvents()
+        assert _readout(v).sum() == 0
+    finally:
+        st.set_volume(old)
+        st.apply_preset("bone")
+        qapp.processEvents()
