@@ -39,7 +39,7 @@ class View3D(QtWidgets.QWidget):
         self.mesh = None
         self._plane_actors: dict[str, object] = {}
         self._cross_actor = None
-        self.marker = None  # the orientation axes (L, P, S), added with the first mesh
+        self.marker = None  # the orientation cube (L/R, P/A, S/I), added with the first mesh
         self._press: tuple[int, int] | None = None
         # crosshair moves come in bursts (scrolling): redraw the planes once per burst, not per step
         self._planes_timer = QtCore.QTimer(self)
@@ -94,10 +94,13 @@ class View3D(QtWidgets.QWidget):
         self.update_planes()
 
     def add_orientation_marker(self) -> None:
-        """An orientation cube in the corner, labelled in patient directions (LPS axes)."""
+        """An orientation cube in the lower left corner, its faces labelled L/R, P/A, S/I (viz/orientation.py)."""
         if self.marker is not None:
             return
-        self.marker = self.plotter.add_axes(xlabel="L", ylabel="P", zlabel="S", line_width=3, labels_off=False)
+        from sirad_viewer.viz.orientation import orientation_cube
+
+        self.marker = orientation_cube()
+        self.plotter.add_orientation_widget(self.marker, viewport=(0.0, 0.0, 0.24, 0.24))
 
     def update_planes(self) -> None:
         import pyvista as pv
