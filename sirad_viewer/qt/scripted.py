@@ -58,6 +58,8 @@ def run(path: str | None = None, *, series: int | None = None, screenshot: str |
     if path:
         if sacral_axis is not None:
             win.volume_ready.connect(lambda *_: win.state.set_sacral_axis_from_line(*sacral_axis))
+        if layout and layout != "joints":  # an explicit --layout wins over the hanging protocol's (deferred too)
+            win.volume_ready.connect(lambda *_: QtCore.QTimer.singleShot(0, lambda: win.state.set_layout(layout)))
         win.open_path(path, series)
     if screenshot:
         if not path:
