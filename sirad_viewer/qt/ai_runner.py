@@ -85,14 +85,4 @@ class AIRunner(QtCore.QObject):
             QtWidgets.QApplication.processEvents()
             reading = self._current()
             return reading is not None and not reading.ai_pending
-        loop = QtCore.QEventLoop()
-        done = {"ok": False}
-
-        def finish(ok: bool) -> None:
-            done["ok"] = ok
-            loop.quit()
-
-        self.finished.connect(lambda r: finish(r is not None))
-        QtCore.QTimer.singleShot(timeout_ms, lambda: finish(False))
-        loop.exec()
-        return done["ok"]
+        return workers.wait_for(self.finished, timeout_ms=timeout_ms, accept=lambda r: r is not None)

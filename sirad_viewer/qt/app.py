@@ -223,19 +223,8 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def wait_until_ready(self, timeout_ms: int = 120_000, *, mesh: bool = True) -> bool:
         """Block (running the event loop) until the volume (and mesh) are shown, or an error."""
-        loop = QtCore.QEventLoop()
-        done = {"ok": False}
-
-        def finish(ok: bool) -> None:
-            done["ok"] = ok
-            loop.quit()
-
         sig = self.mesh_ready if (mesh and self.view3d is not None) else self.volume_ready
-        sig.connect(lambda *_: finish(True))
-        self.load_failed.connect(lambda *_: finish(False))
-        QtCore.QTimer.singleShot(timeout_ms, lambda: finish(False))
-        loop.exec()
-        return done["ok"]
+        return workers.wait_for(sig, self.load_failed, timeout_ms=timeout_ms)
 
     # --- reading and AI ----------------------------------------------------------------------------
     def _ai_visible_at_once(self) -> bool:
