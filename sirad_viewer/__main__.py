@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(grades) != 2 or not all(0 <= g <= 4 for g in grades):
             print("sirad-viewer: --grades needs two grades 0-4: RIGHT,LEFT", file=sys.stderr)
             return 2
-    from sirad_viewer.qt.app import run
+    from sirad_viewer.qt.scripted import run
 
     return run(path=args.path, series=None if args.series is None else args.series - 1,
                screenshot=args.screenshot, layout=args.layout,

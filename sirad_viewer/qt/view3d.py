@@ -12,11 +12,10 @@ import numpy as np
 from PyQt6 import QtCore, QtWidgets
 
 from sirad_viewer.state.viewer import ViewerState
+from sirad_viewer.viz.mesh_colour import BONE_COLOUR, base_colours, heatmap_colours
 
 log = logging.getLogger(__name__)
 
-BONE_COLOUR = "#e9dfc9"
-LABEL_COLOURS = {1: "#e0c080", 2: "#7fb2e5", 3: "#e58a7f", 4: "#d8d8d8"}
 PLANE_COLOURS = {"axial": "#4aa3ff", "coronal": "#5fd35f", "sagittal": "#ff7a59", "oblique": "#e8c547"}
 
 
@@ -40,7 +39,7 @@ class View3D(QtWidgets.QWidget):
         self.mesh = None
         self._plane_actors: dict[str, object] = {}
         self._cross_actor = None
-        self.marker = None  # the orientation axes (L, P, S), added with the first mesh
+        self.marker = None  # the orientation cube (L/R, P/A, S/I), added with the first mesh
         self._press: tuple[int, int] | None = None
         # crosshair moves come in bursts (scrolling): redraw the planes once per burst, not per step
         self._planes_timer = QtCore.QTimer(self)
@@ -61,29 +60,17 @@ class View3D(QtWidgets.QWidget):
         self._cross_actor = None
         self.plotter.render()
 
-    def _base_rgb(self, mesh) -> np.ndarray:
-        if "label" in mesh.point_data:
-            return np.array([_hex(LABEL_COLOURS.get(int(v), BONE_COLOUR)) for v in mesh.point_data["label"]], dtype=np.uint8)
-        return np.tile(np.array(_hex(BONE_COLOUR), np.uint8), (mesh.n_points, 1))
+    @staticmethod
+    def _base_rgb(mesh) -> np.ndarray:
+        return base_colours(mesh.n_points, mesh.point_data["label"] if "label" in mesh.point_data else None)
 
     def set_heatmap(self, heatmap, *, threshold: float = 0.2, opacity: float = 0.6) -> None:
         """Colour the bone surface by the AI heatmap (a CT-grid volume) where it exceeds ``threshold``; None clears."""
-        from sirad_viewer.viz.overlay import HEAT_LUT
-
         mesh = self.mesh
         if mesh is None or not mesh.n_points:
             return
-        rgb = self._base_rgb(mesh).astype(np.float32)
-        if heatmap is not None:
-            from scipy import ndimage
-
-            idx = heatmap.world_to_index(np.asarray(mesh.points, float))
-            heat = ndimage.map_coordinates(heatmap.array.astype(np.float32), idx.T, order=1, mode="constant", cval=0.0,
-                                           prefilter=False)
-            m = heat >= max(threshold, 1e-3)
-            col = HEAT_LUT[np.clip((heat[m] * 255).astype(int), 0, 255)].astype(np.float32)
-            rgb[m] = opacity * col + (1 - opacity) * rgb[m]
-        mesh.point_data["rgb"] = rgb.astype(np.uint8)
+        mesh.point_data["rgb"] = heatmap_colours(np.asarray(mesh.points, float), self._base_rgb(mesh), heatmap,
+                                                 threshold=threshold, opacity=opacity)
         self.plotter.add_mesh(mesh, scalars="rgb", rgb=True, specular=0.3, name="bone", reset_camera=False)
         self.plotter.render()
 
@@ -95,8 +82,7 @@ class View3D(QtWidgets.QWidget):
         self.mesh = mesh
         if mesh is not None and mesh.n_points:
             if "label" in mesh.point_data:
-                rgb = np.array([_hex(LABEL_COLOURS.get(int(v), BONE_COLOUR)) for v in mesh.point_data["label"]], dtype=np.uint8)
-                mesh.point_data["rgb"] = rgb
+                mesh.point_data["rgb"] = self._base_rgb(mesh)
                 self.plotter.add_mesh(mesh, scalars="rgb", rgb=True, specular=0.3, name="bone")  # normals come with the mesh
             else:
                 self.plotter.add_mesh(mesh, color=BONE_COLOUR, specular=0.3, name="bone")
@@ -108,10 +94,13 @@ class View3D(QtWidgets.QWidget):
         self.update_planes()
 
     def add_orientation_marker(self) -> None:
-        """An orientation cube in the corner, labelled in patient directions (LPS axes)."""
+        """An orientation cube in the lower left corner, its faces labelled L/R, P/A, S/I (viz/orientation.py)."""
         if self.marker is not None:
             return
-        self.marker = self.plotter.add_axes(xlabel="L", ylabel="P", zlabel="S", line_width=3, labels_off=False)
+        from sirad_viewer.viz.orientation import orientation_cube
+
+        self.marker = orientation_cube()
+        self.plotter.add_orientation_widget(self.marker, viewport=(0.0, 0.0, 0.24, 0.24))
 
     def update_planes(self) -> None:
         import pyvista as pv
@@ -168,7 +157,3 @@ class View3D(QtWidgets.QWidget):
         self.plotter.render()
         return np.asarray(self.plotter.screenshot(return_img=True))
 
-
-def _hex(colour: str) -> tuple[int, int, int]:
-    c = colour.lstrip("#")
-    return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16)

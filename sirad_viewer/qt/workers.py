@@ -60,3 +60,31 @@ def start(fn: Callable[..., Any], *, on_done: Callable[[Any], None], on_error: C
         w.signals.progress.connect(on_progress)
     QtCore.QThreadPool.globalInstance().start(w)
     return w
+
+
+def wait_for(ok: Any, fail: Any | None = None, *, timeout_ms: int, accept: Callable[..., bool] = lambda *_: True) -> bool:
+    """Run the event loop until ``ok`` fires (True if ``accept(*args)``), ``fail`` fires or the time is up (False)."""
+    loop = QtCore.QEventLoop()
+    done = {"ok": False}
+
+    def finish(value: bool) -> None:
+        done["ok"] = value
+        loop.quit()
+
+    on_ok = lambda *a: finish(bool(accept(*a)))  # noqa: E731
+    on_fail = lambda *_: finish(False)  # noqa: E731
+    ok.connect(on_ok)
+    if fail is not None:
+        fail.connect(on_fail)
+    timer = QtCore.QTimer()
+    timer.setSingleShot(True)
+    timer.timeout.connect(lambda: finish(False))
+    timer.start(timeout_ms)
+    try:
+        loop.exec()
+    finally:  # nothing of this wait stays connected to the window's signals
+        timer.stop()
+        ok.disconnect(on_ok)
+        if fail is not None:
+            fail.disconnect(on_fail)
+    return done["ok"]

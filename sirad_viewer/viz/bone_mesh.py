@@ -1,10 +1,11 @@
 """Bone surface meshes for the 3D view (VTK, no Qt; testable off-screen).
 
-``bone_mesh(volume)`` thresholds at a HU level with VTK's flying edges (multi-threaded with the
-STDThread SMP backend), reduces the surface to at most ``max_triangles`` with quadric
-decimation, and returns a pyvista ``PolyData`` in **LPS millimetres** (the affine applied), so
-the 3D view shares world coordinates with the slice views. With a label map, each vertex
-carries its bone label for colouring.
+``bone_mesh(volume)``: a light Gaussian on the CT (low-dose noise on thin cortex), the iso-surface
+with VTK's flying edges (multi-threaded with the STDThread SMP backend), the largest bone pieces
+kept, windowed-sinc smoothing (no voxel terraces, no shrinking), then decimation to at most
+``max_triangles``. The result is a pyvista ``PolyData`` in **LPS millimetres** (the affine
+applied), so the 3D view shares world coordinates with the slice views. With a label map, each
+vertex carries its bone label for colouring.
 """
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ from sirad_viewer.imaging.volume import Volume
 log = logging.getLogger(__name__)
 
 BONE_HU = 250.0
+# After the Gaussian pre-smoothing thin cortex (iliac wings at 3 mm voxels) peaks lower, so the
+# iso-level drops with it; on the demo CT 200 HU keeps the wings whole, 250 HU opens holes in them.
+SMOOTHED_BONE_HU = 200.0
+PRESMOOTH_VOXELS = 0.6
 MAX_TRIANGLES = 200_000
 _SMP_READY = False
 
@@ -45,12 +50,13 @@ def _image_data(array: np.ndarray, spacing: np.ndarray):
 def bone_mesh(
     volume: Volume,
     *,
-    level_hu: float = BONE_HU,
+    level_hu: float | None = None,
     max_triangles: int = MAX_TRIANGLES,
     labels: np.ndarray | None = None,
     downsample: int | None = None,
     keep_components: int = 6,
     smooth_iterations: int = 15,
+    presmooth_voxels: float = PRESMOOTH_VOXELS,
     progress: Callable[[float, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ):
@@ -59,8 +65,8 @@ def bone_mesh(
     Parameters
     ----------
     volume : Volume
-    level_hu : float
-        Iso-level (HU).
+    level_hu : float, optional
+        Iso-level (HU); default ``SMOOTHED_BONE_HU`` after pre-smoothing, ``BONE_HU`` without.
     max_triangles : int
         Upper bound on the triangles of the result.
     labels : ndarray of shape (S, R, C), optional
@@ -73,6 +79,10 @@ def bone_mesh(
         table, noise) go. 0 keeps everything.
     smooth_iterations : int
         Windowed-sinc smoothing iterations before decimation (0: none).
+    presmooth_voxels : float
+        Gaussian sigma (in voxels of the working grid) applied to the CT before the iso-surface:
+        low-dose noise on thin cortex otherwise grows fins and holes that no mesh smoothing
+        removes (on the demo CT the median |mean curvature| halves, 0.16 -> 0.08 /mm). 0: none.
     """
     import pyvista as pv
     import vtk
@@ -86,6 +96,12 @@ def bone_mesh(
         sp = sp * step
         if labels is not None:
             labels = labels[::step, ::step, ::step]
+    if level_hu is None:
+        level_hu = SMOOTHED_BONE_HU if presmooth_voxels > 0 else BONE_HU
+    if presmooth_voxels > 0:
+        from scipy import ndimage
+
+        arr = ndimage.gaussian_filter(arr.astype(np.float32), float(presmooth_voxels), output=np.float32)
     if progress:
         progress(0.1, "extracting the bone surface")
     img = _image_data(arr, sp)

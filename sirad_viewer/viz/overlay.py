@@ -100,3 +100,32 @@ def compose(image: rs.SliceImage, overlays: Any) -> np.ndarray | None:
                 rgba[e, 3] = 255
                 drawn = True
     return rgba if drawn else None
+
+
+def stitch_heatmap(shape: tuple[int, int, int], blocks: Any) -> np.ndarray:
+    """One CT-grid heatmap from the joints' Grad-CAM blocks, where they overlap the larger value wins.
+
+    Parameters
+    ----------
+    shape : tuple of 3 int
+        The CT grid, (slice, row, column).
+    blocks : iterable of objects with ``offset`` (3 ints, index of the block's first voxel) and
+        ``block`` (ndarray of shape (s, r, c), values 0..1); ``None`` entries are skipped.
+
+    Returns
+    -------
+    heat : ndarray of shape ``shape``, float32
+        Zero outside every block. A block reaching past the grid is cut at its edge.
+    """
+    heat = np.zeros(tuple(int(s) for s in shape), np.float32)
+    for hm in blocks:
+        if hm is None:
+            continue
+        o = [int(v) for v in hm.offset]
+        b = np.asarray(hm.block, np.float32)
+        dst = tuple(slice(max(o[i], 0), min(o[i] + b.shape[i], heat.shape[i])) for i in range(3))
+        src = tuple(slice(dst[i].start - o[i], dst[i].stop - o[i]) for i in range(3))
+        if any(d.stop <= d.start for d in dst):
+            continue
+        np.maximum(heat[dst], b[src], out=heat[dst])
+    return heat

@@ -44,3 +44,19 @@ def test_joint_box_outline():
     ov = Overlays(boxes=[JointBox("left", c, np.eye(3), np.array([10.0, 10.0, 20.0]), 1)])
     out = compose(img, ov)
     assert out is not None and out[20, 20, 3] == 0 and out[..., 3].sum() > 0
+
+
+def test_stitched_heatmap_takes_the_larger_value_and_cuts_blocks_at_the_grid():
+    from types import SimpleNamespace
+
+    from sirad_viewer.viz.overlay import stitch_heatmap
+
+    a = SimpleNamespace(offset=(0, 1, 1), block=np.full((2, 3, 3), 0.4, np.float32))
+    b = SimpleNamespace(offset=(1, 2, 2), block=np.full((2, 3, 3), 0.7, np.float32))
+    edge = SimpleNamespace(offset=(3, 8, -1), block=np.full((2, 4, 3), 0.9, np.float32))  # reaches past the grid
+    heat = stitch_heatmap((4, 10, 10), [a, None, b, edge])
+    assert heat.shape == (4, 10, 10) and heat.dtype == np.float32
+    assert heat[0, 1, 1] == np.float32(0.4) and heat[1, 2, 2] == np.float32(0.7)  # overlap: the larger wins
+    assert heat[2, 3, 3] == np.float32(0.7) and heat[0, 0, 0] == 0
+    assert heat[3, 9, 0] == np.float32(0.9) and heat[3, 9, 1] == np.float32(0.9) and heat[3, 9, 2] == 0
+    assert np.count_nonzero(heat) == 2 * 3 * 3 + 2 * 3 * 3 - 1 * 2 * 2 + 2 * 2  # nothing else is touched
