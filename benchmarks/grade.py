@@ -158,7 +158,13 @@ def big_ct_nifti(slices: int = 300) -> Path:
 
 
 def _child(kind: str, path: Path, extra: str = "") -> dict:
-    p = subprocess.run([sys.executable, "-c", CHILD, kind, str(path), extra], capture_output=True, text=True, timeout=1800)
+    import os
+
+    # every side gets the thread setting `sirad grade` uses (torch's OpenMP threads sleep instead of
+    # spinning): on a shared machine spinning threads measure the load, not the pipeline
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    p = subprocess.run([sys.executable, "-c", CHILD, kind, str(path), extra], capture_output=True, text=True,
+                       timeout=1800, env=env)
     if p.returncode != 0:
         raise RuntimeError(f"{kind} failed: {p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
