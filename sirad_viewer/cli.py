@@ -315,12 +315,16 @@ def cmd_grade(args: argparse.Namespace) -> int:
     from sirad_viewer.ai.pipeline import Grader, find_bundle, write_heatmaps
     from sirad_viewer.io import load_series, scan
 
+    import time
+
     try:
         from sirad_viewer.ai.totalseg import resolve_segmenter
 
         segmenter = resolve_segmenter(args.segmenter)  # TotalSegmentator missing: refused before the CT is read
+        t_read = time.perf_counter()
         result = scan(args.path)
         volume = load_series(result.series[result.chosen])
+        t_read = time.perf_counter() - t_read
         grader = Grader(find_bundle("grading", args.bundle), segmenter, device=args.device)
         res = grader(volume, heatmaps=bool(args.heatmaps or args.dicom),
                      progress=(lambda s, f: print(f"  {s}...", file=sys.stderr)) if args.verbose else None)
@@ -331,10 +335,13 @@ def cmd_grade(args: argparse.Namespace) -> int:
     from sirad_viewer.io.deid import source_reference
 
     d = res.to_dict()
+    d["timings_s"] = {"read": round(t_read, 3), **d["timings_s"]}  # the CT file to a volume in memory
     d["source"] = source_reference(args.path, include_path=args.include_source_path)
     if args.heatmaps:
+        t_write = time.perf_counter()
         paths = write_heatmaps(res, volume, args.heatmaps)
         d["heatmaps"] = {p.stem.split("_")[-1].split(".")[0]: str(p) for p in paths}
+        d["timings_s"]["write_heatmaps"] = round(time.perf_counter() - t_write, 3)
     if args.dicom:
         d["dicom"] = _write_dicom_results(res, volume, args.dicom)
     if args.json:

@@ -101,9 +101,14 @@ class ModelBundle:
         except Exception as exc:  # noqa: BLE001 - safetensors raises several types
             raise BundleError(f"weights cannot be read as safetensors: {exc}", path=self.weights_path) from exc
 
-    def build_network(self):
-        """The network described by the metadata, with the bundle's weights loaded (eval mode)."""
-        net = build_network(self.metadata["architecture"], n_classes=len(self.metadata["classes"]))
+    def build_network(self, *, backend: str = "mirror"):
+        """The network described by the metadata, with the bundle's weights loaded (eval mode).
+
+        ``backend="mirror"`` (inference) builds the plain-torch mirror of the MONAI class
+        (:mod:`sirad_viewer.ai.nets`: same keys, same outputs, no 3-4 s ``import monai``);
+        ``"monai"`` builds MONAI's own class. See :func:`build_network`.
+        """
+        net = build_network(self.metadata["architecture"], n_classes=len(self.metadata["classes"]), backend=backend)
         sd = self.state_dict()
         try:
             net.load_state_dict(sd, strict=True)
@@ -115,26 +120,43 @@ class ModelBundle:
         return net
 
 
-def build_network(architecture: dict[str, Any], *, n_classes: int):
-    """A MONAI network from ``{"type": "densenet" | "unet", "config": {...}}`` (single-channel 3D input)."""
+def build_network(architecture: dict[str, Any], *, n_classes: int, backend: str = "monai"):
+    """A network from ``{"type": "densenet" | "unet", "config": {...}}`` (single-channel 3D input).
+
+    ``backend="monai"`` (training, the default) builds ``monai.networks.nets.UNet`` / ``DenseNet``;
+    ``"mirror"`` builds the plain-torch mirror from :mod:`sirad_viewer.ai.nets` (identical
+    state-dict keys and outputs, without importing MONAI), or MONAI's class when the config uses
+    a layer the mirror does not reproduce.
+    """
     kind = str(architecture.get("type", "")).lower()
     if kind not in ARCHITECTURES:
         raise BundleError(f"architecture type {architecture.get('type')!r} is not supported; known: {sorted(ARCHITECTURES)}")
+    if backend not in ("monai", "mirror"):
+        raise ValueError(f"backend must be 'monai' or 'mirror', got {backend!r}")
     cfg = dict(architecture.get("config", {}))
     if kind == "unet":
-        from monai.networks.nets import UNet
-
         cfg.setdefault("channels", (8, 16, 32, 64))
         cfg.setdefault("strides", (2, 2, 2))
         cfg.setdefault("num_res_units", 1)
         cfg["channels"], cfg["strides"] = tuple(cfg["channels"]), tuple(cfg["strides"])
+    else:
+        cfg.setdefault("init_features", 16)
+        cfg.setdefault("growth_rate", 8)
+        cfg.setdefault("block_config", (4, 4, 4))
+        cfg["block_config"] = tuple(cfg["block_config"])
+    if backend == "mirror":
+        from sirad_viewer.ai.nets import mirror_network
+
+        net = mirror_network(kind, cfg, n_classes=n_classes)
+        if net is not None:
+            return net
+        log.info("the %s config %s uses a layer the torch mirror does not reproduce; MONAI's class is used", kind, cfg)
+    if kind == "unet":
+        from monai.networks.nets import UNet
+
         return UNet(spatial_dims=3, in_channels=1, out_channels=n_classes, **cfg)
     from monai.networks.nets import DenseNet
 
-    cfg.setdefault("init_features", 16)
-    cfg.setdefault("growth_rate", 8)
-    cfg.setdefault("block_config", (4, 4, 4))
-    cfg["block_config"] = tuple(cfg["block_config"])
     return DenseNet(spatial_dims=3, in_channels=1, out_channels=n_classes, **cfg)
 
 

@@ -146,24 +146,88 @@ def patient_probability(p_left: np.ndarray, p_right: np.ndarray) -> float:
 # --- Grad-CAM ---------------------------------------------------------------------------------
 
 
+def _cam_head(network):
+    """The final linear layer when ``network.class_layers`` is relu -> global average pool -> flatten -> linear
+    (MONAI's DenseNet and its mirror); ``None`` for any other head."""
+    import torch
+
+    if not hasattr(network, "class_layers"):
+        return None
+    layers = dict(network.class_layers.named_children())
+    if list(layers) != ["relu", "pool", "flatten", "out"]:
+        return None
+    pool, out = layers["pool"], layers["out"]
+    if not (isinstance(layers["relu"], torch.nn.ReLU) and isinstance(pool, torch.nn.AdaptiveAvgPool3d)
+            and pool.output_size in (1, (1, 1, 1)) and isinstance(out, torch.nn.Linear)):
+        return None
+    return out
+
+
+def class_activation_maps(network, x, targets: Sequence[int]):
+    """Grad-CAM at ``class_layers.relu`` for a batch, computed from the forward pass alone.
+
+    With global average pooling and one linear layer after the last feature map A (C, d, h, w),
+    logit_t = W[t] . mean(A) + b[t], so the gradient of logit_t with respect to A is W[t] / (d h w)
+    at every voxel: Grad-CAM's channel weights are W[t] / (d h w) and its map
+    relu(sum_c W[t, c] A_c) / (d h w) is the class activation map (Zhou et al. 2016) computed
+    without a backward pass (``tests/ai/test_cam.py`` checks it against MONAI's ``GradCAM``).
+    Other heads fall back to :func:`gradcam`'s backward pass, one sample at a time.
+
+    Parameters
+    ----------
+    x : tensor of shape (N, 1, D, H, W)
+    targets : N class indices
+
+    Returns
+    -------
+    (maps of shape (N, D, H, W) as numpy, each scaled to max 1 unless all zero; logits (N, n_classes) as numpy)
+    """
+    import torch
+
+    head = _cam_head(network)
+    if head is None:
+        pairs = [_gradcam_backward(network, x[k:k + 1], int(t)) for k, t in enumerate(targets)]
+        return np.stack([c for c, _ in pairs]), np.stack([lg for _, lg in pairs])
+    with torch.no_grad():
+        acts = network.class_layers.relu(network.features(x))
+        logits = head(acts.mean(dim=(2, 3, 4)))
+        w = head.weight[torch.as_tensor([int(t) for t in targets], device=acts.device)]  # (N, C)
+        cam = torch.relu(torch.einsum("nc,ncdhw->ndhw", w, acts) / float(acts[0, 0].numel()))[:, None]
+        cam = torch.nn.functional.interpolate(cam, size=tuple(x.shape[2:]), mode="trilinear", align_corners=False)
+    cam = cam[:, 0].float().cpu().numpy()
+    peak = cam.reshape(len(cam), -1).max(axis=1)
+    cam /= np.where(peak > 0, peak, 1.0)[:, None, None, None]
+    return cam, logits.float().cpu().numpy()
+
+
 def gradcam(network, x, target: int):
     """Grad-CAM (Selvaraju et al.) on the last feature map of a MONAI DenseNet.
 
     ``x`` is a (1, 1, D, H, W) tensor; returns the (D, H, W) map (numpy, >= 0, max 1 unless all zero)
-    upsampled linearly to the input size, and the logits.
+    upsampled linearly to the input size, and the logits. See :func:`class_activation_maps`.
     """
+    cams, logits = class_activation_maps(network, x, [int(target)])
+    return cams[0], logits[0]
+
+
+def _gradcam_backward(network, x, target: int):
+    """Grad-CAM with a backward pass (heads other than global average pooling + linear), at the output
+    of the head's leading ReLU (``class_layers.relu``, as for the forward-only path) when it has one."""
     import torch
 
     with torch.enable_grad():
         xin = x.detach().requires_grad_(False)
-        feats = network.features(xin)
-        feats.retain_grad()
-        logits = network.class_layers(feats)
+        acts = network.features(xin)
+        rest = list(network.class_layers.children())
+        if rest and isinstance(rest[0], torch.nn.ReLU):
+            acts, rest = rest[0](acts), rest[1:]
+        acts.retain_grad()
+        logits = acts
+        for layer in rest:
+            logits = layer(logits)
         network.zero_grad(set_to_none=True)
         logits[0, int(target)].backward()
-        grads = feats.grad
-        acts = torch.relu(feats)
-        weights = grads.mean(dim=(2, 3, 4), keepdim=True)
+        weights = acts.grad.mean(dim=(2, 3, 4), keepdim=True)
         cam = torch.relu((weights * acts).sum(dim=1, keepdim=True))
         cam = torch.nn.functional.interpolate(cam, size=tuple(x.shape[2:]), mode="trilinear", align_corners=False)
     cam = cam[0, 0].detach().float().cpu().numpy()

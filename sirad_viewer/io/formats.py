@@ -84,7 +84,7 @@ def read_volume_file(path: str | Path) -> Volume:
             "lowest finite value)", {"n_voxels": n_bad, "fill": fill}))
     if np.issubdtype(arr.dtype, np.integer):
         lo, hi = int(arr.min()), int(arr.max())
-        arr = arr.astype(np.int16) if -32768 <= lo and hi <= 32767 else arr.astype(np.float32)
+        arr = arr.astype(np.int16, copy=False) if -32768 <= lo and hi <= 32767 else arr.astype(np.float32)
     else:
         arr = arr.astype(np.float32, copy=False)
         if np.all(np.mod(arr[:: max(1, arr.shape[0] // 8)], 1) == 0):
