@@ -480,6 +480,14 @@ def cmd_deidentify(args: argparse.Namespace) -> int:
     from sirad_viewer.io.deid import DeidOptions, load_or_create_key, parse_private_rule, source_reference
     from sirad_viewer.io.deid.files import deidentify_path
 
+    from sirad_viewer.errors import ExportError, LoadError
+
+    # refuse a missing input or an existing output before a project key is created as a side effect
+    if not Path(args.path).exists():
+        raise LoadError("does not exist", code="not_found", path=args.path)
+    out = Path(args.out)
+    if out.exists() and (out.suffix.lower() == ".zip" or not out.is_dir() or any(out.iterdir())):
+        raise ExportError("already exists; give a new output folder (nothing was overwritten)", code="exists", path=out)
     key, key_path, created = load_or_create_key(args.key, outside=args.out)
     if created:
         print(f"created a new project key at {key_path}: keep it secret, outside the data, and reuse it "
