@@ -172,12 +172,18 @@ def _read_cases(path: str) -> list:
     from sirad_viewer.study.protocol import Case, StudyError
 
     p = Path(path)
+    if not p.is_file():
+        raise StudyError("does not exist or is not a file (a CSV or YAML list of cases)", path=p, code="not_found")
     if p.suffix.lower() in (".yaml", ".yml", ".json"):
         import yaml
 
-        data = yaml.safe_load(p.read_text())
-        items = data.get("cases", data) if isinstance(data, dict) else data
-        return [Case(**{**c, "id": str(c["id"])}) for c in items]
+        try:
+            data = yaml.safe_load(p.read_text())
+            items = data.get("cases", data) if isinstance(data, dict) else data
+            return [Case(**{**c, "id": str(c["id"])}) for c in items]
+        except (yaml.YAMLError, TypeError, KeyError, AttributeError) as exc:
+            raise StudyError(f"is not a list of cases with id and path or study_uid ({type(exc).__name__}: {exc})",
+                             path=p, code="bad_protocol") from exc
     cases = []
     with open(p, newline="") as fh:
         for i, row in enumerate(csv.DictReader(fh), start=2):

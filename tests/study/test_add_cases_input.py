@@ -1,0 +1,28 @@
+"""sirad study add-cases with a wrong cases file: one line naming the file, never a traceback."""
+from __future__ import annotations
+
+import pytest
+
+from sirad_viewer.cli import main as sirad
+
+
+@pytest.fixture
+def study(tmp_path):
+    proto = tmp_path / "protocol.yaml"
+    proto.write_text("name: s\nreaders: [r1]\ncases:\n  - {id: c1, path: cases/c1}\n")
+    db, key = tmp_path / "study.sqlite", tmp_path / "keys" / "c.key"
+    assert sirad(["study", "create", str(db), "--protocol", str(proto), "--key", str(key)]) == 0
+    return db, key
+
+
+@pytest.mark.parametrize("name, content, says", [("missing.csv", None, "does not exist"),
+                                                 ("cases.yaml", "cases: [c2, c3]\n", "is not a list of cases"),
+                                                 ("cases.yaml", "- {path: cases/c2}\n", "is not a list of cases")])
+def test_add_cases_bad_file_is_one_line(study, tmp_path, capsys, name, content, says):
+    db, key = study
+    f = tmp_path / name
+    if content is not None:
+        f.write_text(content)
+    assert sirad(["study", "add-cases", str(db), str(f), "--key", str(key)]) == 2
+    err = capsys.readouterr().err
+    assert name in err and says in err and "Traceback" not in err
