@@ -39,6 +39,26 @@ def direction_letters(v: np.ndarray) -> str:
     return out or "?"
 
 
+def wrap_lines(lines: list[str], fm: QtGui.QFontMetricsF, max_w: float) -> str:
+    """Join ``lines`` with newlines, breaking any line wider than ``max_w`` pixels at spaces.
+
+    The oblique view's "plane refused" warning is longer than a 2x2 cell is wide; drawn unwrapped
+    it was cut off mid-sentence at the view's edge.
+    """
+    out: list[str] = []
+    for line in lines:
+        cur = ""
+        for word in line.split(" "):
+            trial = f"{cur} {word}" if cur else word
+            if cur and fm.horizontalAdvance(trial) > max_w:
+                out.append(cur)
+                cur = "  " + word  # continuation lines indented
+            else:
+                cur = trial
+        out.append(cur)
+    return "\n".join(out)
+
+
 def nice_bar_mm(max_mm: float) -> float:
     for mm in (200, 100, 50, 20, 10, 5, 2, 1):
         if mm <= max_mm:
@@ -415,7 +435,7 @@ class SliceView(QtWidgets.QWidget):
 
         right = img.right_step / np.linalg.norm(img.right_step)
         down = img.down_step / np.linalg.norm(img.down_step)
-        head = "\n".join(self.header_lines())
+        head = wrap_lines(self.header_lines(), fm, W - 2 * m - 6)
         hw, hh = size(head, W - 2 * m)
         place("header", head, m, m, hw, hh, A.AlignLeft, lh)
         vol = st.volume
