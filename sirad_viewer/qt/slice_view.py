@@ -40,13 +40,17 @@ def direction_letters(v: np.ndarray) -> str:
 
 
 def wrap_lines(lines: list[str], fm: QtGui.QFontMetricsF, max_w: float) -> str:
-    """Join ``lines`` with newlines, breaking any line wider than ``max_w`` pixels at spaces.
+    """Join ``lines`` with newlines, fitting each into ``max_w`` pixels.
 
-    The oblique view's "plane refused" warning is longer than a 2x2 cell is wide; drawn unwrapped
-    it was cut off mid-sentence at the view's edge.
+    A warning (a line starting with "⚠") is broken at spaces: the oblique view's "plane refused"
+    warning is longer than a 2x2 cell is wide and was cut off mid-sentence at the view's edge.
+    Other lines (hints, titles) are elided with "…" so small views keep room for the image.
     """
     out: list[str] = []
     for line in lines:
+        if not line.startswith("⚠"):
+            out.append(fm.elidedText(line, QtCore.Qt.TextElideMode.ElideRight, max_w))
+            continue
         cur = ""
         for word in line.split(" "):
             trial = f"{cur} {word}" if cur else word
