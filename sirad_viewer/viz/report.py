@@ -64,6 +64,18 @@ def _png(rgb: np.ndarray, title: str) -> bytes:
     return buf.getvalue()
 
 
+def metric_text(v: Any) -> str:
+    """A model card's metrics entry in words: ``joints 58, accuracy 0.466`` (was a Python dict with
+    16-digit floats in the reader's report)."""
+    if isinstance(v, dict):
+        return ", ".join(f"{str(k).replace('_', ' ')} {metric_text(x)}" for k, x in v.items())
+    if isinstance(v, float):
+        return f"{v:.3f}" if np.isfinite(v) else "—"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(metric_text(x) for x in v) + "]"
+    return str(v)
+
+
 def _grade(v: Any) -> str:
     return "-" if v is None else f"{v} ({GRADE_WORDS.get(int(v), '?')})"
 
@@ -174,7 +186,7 @@ def build_html(volume: Volume, result: Any, reading: dict[str, Any] | None, mode
     parts.append(f"<tr><th>training data</th><td>{e(str(td.get('train_joints', '?')))} joints from synthetic phantoms "
                  f"(sites {e(', '.join(td.get('sites', [])))})</td></tr>")
     for k, v in model_card.get("metrics", {}).items():
-        parts.append(f"<tr><th>metrics: {e(k)}</th><td>{e(str(v))}</td></tr>")
+        parts.append(f"<tr><th>metrics: {e(k)}</th><td>{e(metric_text(v))}</td></tr>")
     parts.append("</table>")
     parts.append("<p>Timings: " + ", ".join(f"{e(k)} {v:.2f} s" for k, v in d["timings_s"].items()) + f"; device {e(d['device'])}</p>")
     if d["warnings"]:
