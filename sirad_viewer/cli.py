@@ -261,8 +261,14 @@ def cmd_study_mrmc(args: argparse.Namespace) -> int:
         recs = read_ratings_csv(args.ratings)
         ratings, truth, treatments, readers, _ = from_records(recs)
         res = or_analysis(ratings, truth, treatments=treatments, readers=readers)
-    except (OSError, ValueError) as exc:
-        print(f"sirad study mrmc: {args.ratings}: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"sirad study mrmc: {args.ratings}: cannot be read: {exc.strerror}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        msg = str(exc)
+        prefix = f"{args.ratings}: "
+        print(f"sirad study mrmc: {args.ratings}: {msg[len(prefix):] if msg.startswith(prefix) else msg}",
+              file=sys.stderr)
         return 2
     if args.json:
         _print_json(res.to_dict())

@@ -26,3 +26,14 @@ def test_add_cases_bad_file_is_one_line(study, tmp_path, capsys, name, content, 
     assert sirad(["study", "add-cases", str(db), str(f), "--key", str(key)]) == 2
     err = capsys.readouterr().err
     assert name in err and says in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content, says", [(None, "nope.csv: cannot be read: No such file or directory"),
+                                           ("a,b\n1,2\n", "bad.csv: missing column(s)")])
+def test_mrmc_bad_file_names_it_once(tmp_path, capsys, content, says):
+    f = tmp_path / ("nope.csv" if content is None else "bad.csv")
+    if content is not None:
+        f.write_text(content)
+    assert sirad(["study", "mrmc", str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and err.count(str(f)) == 1 and "Errno" not in err  # the path once, no errno
