@@ -114,6 +114,36 @@ def _findings_html(reading: dict[str, Any] | None) -> list[str]:
     return out + keys
 
 
+def findings_text(reading: dict[str, Any] | None) -> list[str]:
+    """The reader's findings, suggested grades and measurements as plain lines (the PDF report).
+
+    The PDF left them out: a reader who exported a PDF lost every mark and measurement the HTML
+    report lists.
+    """
+    ann = (reading or {}).get("annotations")
+    if not ann or not (ann.get("items") or any(ann.get("findings", {}).values())):
+        return []
+    f, sg = ann.get("findings", {}), ann.get("suggested_grade", {})
+    out = ["Reader's findings: " + "; ".join(f"{s} {', '.join(f.get(s, [])) or 'none'}" for s in ("right", "left")),
+           f"Grade the findings suggest (the reader's grade is above): right {_grade(sg.get('right'))}, "
+           f"left {_grade(sg.get('left'))}"]
+    for it in ann.get("items", []):
+        k = it.get("kind")
+        if k == "ruler":
+            out.append(f"  distance {it['length_mm']:.1f} mm")
+        elif k == "angle":
+            out.append(f"  angle {it['degrees']:.1f} deg")
+        elif k == "roi" and it.get("stats"):
+            st = it["stats"]
+            out.append(f"  ROI r {it['radius_mm']:.1f} mm: mean {st['mean']:.0f} HU, SD {st['sd']:.0f}, "
+                       f"min {st['min']:.0f}, max {st['max']:.0f}, n {int(st['n'])}")
+        elif k == "lesion":
+            where = ", ".join(f"{v:.1f}" for v in it["points"][0])
+            out.append(f"  {it['side']} SIJ: {it['lesion']} ({'point' if len(it['points']) == 1 else 'region'} "
+                       f"at {where} mm LPS)")
+    return out
+
+
 def build_html(volume: Volume, result: Any, reading: dict[str, Any] | None, model_card: dict[str, Any],
                *, include_source_path: bool = False) -> str:
     from sirad_viewer.io.deid import source_reference
@@ -230,6 +260,7 @@ def _write_pdf(path: Path, volume: Volume, result: Any, reading: dict[str, Any] 
         for label, key in (("Reader before AI (locked)", "pre_ai"), ("Reader after AI", "post_ai")):
             g = reading.get(key)
             lines.append(f"{label}: " + (f"right {_grade(g.get('right'))}, left {_grade(g.get('left'))}" if g else "none"))
+    lines += findings_text(reading)
     for side in ("right", "left"):
         pj = d["joints"][side]
         lines.append(f"AI {side}: {'NOT RELIABLE, ' if (pj.get('ood') or {}).get('flagged') else ''}grade {pj['grade']}  p = " + " ".join(f"{p:.2f}" for p in pj["probabilities"])
@@ -253,3 +284,14 @@ def _write_pdf(path: Path, volume: Volume, result: Any, reading: dict[str, Any] 
             ax.axis("off")
         pdf.savefig(fig)
         plt.close(fig)
+        shots = (reading or {}).get("key_images", [])
+        for start in range(0, len(shots), 2):  # the reader's key images (Ctrl+I), two per page
+            fig = plt.figure(figsize=(8.27, 11.69))
+            fig.text(0.06, 0.97, "Reader's key images", va="top", fontsize=10)
+            for i, k in enumerate(shots[start:start + 2]):
+                ax = fig.add_axes([0.06, 0.5 - i * 0.46, 0.88, 0.42])
+                ax.imshow(plt.imread(io.BytesIO(base64.b64decode(k["png_b64"])), format="png"))
+                ax.set_title(k.get("title", ""), fontsize=8)
+                ax.axis("off")
+            pdf.savefig(fig)
+            plt.close(fig)
