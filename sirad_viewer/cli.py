@@ -337,7 +337,9 @@ def cmd_grade(args: argparse.Namespace) -> int:
         res = grader(volume, heatmaps=bool(args.heatmaps or args.dicom),
                      progress=(lambda s, f: print(f"  {s}...", file=sys.stderr)) if args.verbose else None)
     except SiradError as exc:
-        if args.json:
+        if args.json == "-":  # standard output, as for a result (it wrote a file named '-')
+            print(json.dumps({"error": exc.to_dict()}, indent=2))
+        elif args.json:
             Path(args.json).write_text(json.dumps({"error": exc.to_dict()}, indent=2) + "\n")
         raise
     from sirad_viewer.io.deid import source_reference

@@ -28,6 +28,10 @@ def run(path: str | None = None, *, series: int | None = None, screenshot: str |
     """
     from sirad_viewer.qt.app import MainWindow
 
+    if coordinator and screenshot:  # the coordinator view asks for the key in a dialog: a scripted run hung there
+        print("--coordinator asks for the coordinator key in a dialog; it cannot run with --screenshot",
+              file=sys.stderr)
+        return 2
     if screenshot and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])

@@ -24,3 +24,10 @@ def test_scripted_study_case_that_fails_to_load_exits_2(qapp, tmp_path, capsys):
     assert run(study=str(db), reader="r1", screenshot=str(shot)) == 2
     assert time.monotonic() - t0 < 60 and not shot.exists()
     assert "holds no CT image" in capsys.readouterr().err
+
+
+def test_scripted_coordinator_is_refused_instead_of_waiting_for_a_key_dialog(qapp, tmp_path, capsys):
+    from sirad_viewer.qt.scripted import run
+
+    assert run(coordinator=str(tmp_path / "study.sqlite"), screenshot=str(tmp_path / "x.png")) == 2
+    assert "--coordinator" in capsys.readouterr().err

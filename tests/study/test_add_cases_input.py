@@ -37,3 +37,14 @@ def test_mrmc_bad_file_names_it_once(tmp_path, capsys, content, says):
     assert sirad(["study", "mrmc", str(f)]) == 2
     err = capsys.readouterr().err.strip()
     assert says in err and err.count(str(f)) == 1 and "Errno" not in err  # the path once, no errno
+
+
+def test_grade_json_to_stdout_on_error_writes_no_file_named_dash(tmp_path, monkeypatch, capsys):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("not a CT")
+    assert sirad(["grade", str(tmp_path / "in"), "--json", "-"]) == 2
+    assert not (tmp_path / "-").exists()
+    assert json.loads(capsys.readouterr().out)["error"]["code"] in ("no_image", "not_dicom")
