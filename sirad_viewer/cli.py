@@ -172,12 +172,18 @@ def _read_cases(path: str) -> list:
     from sirad_viewer.study.protocol import Case, StudyError
 
     p = Path(path)
+    if not p.is_file():
+        raise StudyError("does not exist or is not a file (a CSV or YAML list of cases)", path=p, code="not_found")
     if p.suffix.lower() in (".yaml", ".yml", ".json"):
         import yaml
 
-        data = yaml.safe_load(p.read_text())
-        items = data.get("cases", data) if isinstance(data, dict) else data
-        return [Case(**{**c, "id": str(c["id"])}) for c in items]
+        try:
+            data = yaml.safe_load(p.read_text())
+            items = data.get("cases", data) if isinstance(data, dict) else data
+            return [Case(**{**c, "id": str(c["id"])}) for c in items]
+        except (yaml.YAMLError, TypeError, KeyError, AttributeError) as exc:
+            raise StudyError(f"is not a list of cases with id and path or study_uid ({type(exc).__name__}: {exc})",
+                             path=p, code="bad_protocol") from exc
     cases = []
     with open(p, newline="") as fh:
         for i, row in enumerate(csv.DictReader(fh), start=2):
@@ -255,8 +261,14 @@ def cmd_study_mrmc(args: argparse.Namespace) -> int:
         recs = read_ratings_csv(args.ratings)
         ratings, truth, treatments, readers, _ = from_records(recs)
         res = or_analysis(ratings, truth, treatments=treatments, readers=readers)
-    except (OSError, ValueError) as exc:
-        print(f"sirad study mrmc: {args.ratings}: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"sirad study mrmc: {args.ratings}: cannot be read: {exc.strerror}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        msg = str(exc)
+        prefix = f"{args.ratings}: "
+        print(f"sirad study mrmc: {args.ratings}: {msg[len(prefix):] if msg.startswith(prefix) else msg}",
+              file=sys.stderr)
         return 2
     if args.json:
         _print_json(res.to_dict())
@@ -329,7 +341,9 @@ def cmd_grade(args: argparse.Namespace) -> int:
         res = grader(volume, heatmaps=bool(args.heatmaps or args.dicom),
                      progress=(lambda s, f: print(f"  {s}...", file=sys.stderr)) if args.verbose else None)
     except SiradError as exc:
-        if args.json:
+        if args.json == "-":  # standard output, as for a result (it wrote a file named '-')
+            print(json.dumps({"error": exc.to_dict()}, indent=2))
+        elif args.json:
             Path(args.json).write_text(json.dumps({"error": exc.to_dict()}, indent=2) + "\n")
         raise
     from sirad_viewer.io.deid import source_reference
@@ -487,6 +501,14 @@ def cmd_deidentify(args: argparse.Namespace) -> int:
     from sirad_viewer.io.deid import DeidOptions, load_or_create_key, parse_private_rule, source_reference
     from sirad_viewer.io.deid.files import deidentify_path
 
+    from sirad_viewer.errors import ExportError, LoadError
+
+    # refuse a missing input or an existing output before a project key is created as a side effect
+    if not Path(args.path).exists():
+        raise LoadError("does not exist", code="not_found", path=args.path)
+    out = Path(args.out)
+    if out.exists() and (out.suffix.lower() == ".zip" or not out.is_dir() or any(out.iterdir())):
+        raise ExportError("already exists; give a new output folder (nothing was overwritten)", code="exists", path=out)
     key, key_path, created = load_or_create_key(args.key, outside=args.out)
     if created:
         print(f"created a new project key at {key_path}: keep it secret, outside the data, and reuse it "

@@ -110,8 +110,24 @@ class PriorComparison(QtCore.QObject):
             prior = open_volume(path).reoriented()
             return prior, register_rigid(current, prior, progress=progress, cancel=cancel)
 
-        self._worker = workers.start(job, on_done=self._on_ready, on_error=lambda e: self.win._on_failed(e),
+        self._worker = workers.start(job, on_done=self._on_ready, on_error=self._on_error,
                                      on_progress=self.win._on_progress)
+
+    def _on_error(self, exc: BaseException) -> None:
+        """A prior that cannot be loaded or registered: say so; the current case stays as it was.
+
+        (It went through the main window's load-failure path: the series panel was replaced by the
+        prior's error, ``load_failed`` fired for the current case, and ``wait`` ran to its timeout.)
+        """
+        from sirad_viewer.errors import SiradError
+        from sirad_viewer.qt.dialogs import show_error
+
+        self._worker = None
+        self.win._busy(False)
+        msg = exc.user_message() if isinstance(exc, SiradError) else f"{type(exc).__name__}: {exc}"
+        self.win.statusBar().showMessage(f"prior not opened: {msg}")
+        if not (isinstance(exc, SiradError) and exc.code == "cancelled"):
+            show_error(self.win, exc)
 
     def wait(self, timeout_s: float = 300) -> bool:
         """Block (running events) until the prior is shown (tests, scripts)."""

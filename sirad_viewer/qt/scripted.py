@@ -28,6 +28,10 @@ def run(path: str | None = None, *, series: int | None = None, screenshot: str |
     """
     from sirad_viewer.qt.app import MainWindow
 
+    if coordinator and screenshot:  # the coordinator view asks for the key in a dialog: a scripted run hung there
+        print("--coordinator asks for the coordinator key in a dialog; it cannot run with --screenshot",
+              file=sys.stderr)
+        return 2
     if screenshot and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
@@ -41,13 +45,19 @@ def run(path: str | None = None, *, series: int | None = None, screenshot: str |
     if coordinator:
         win.coordinator_dialog(coordinator)
     if study:
+        failed: list[BaseException] = []
+        win.load_failed.connect(failed.append)
         if not win.start_study(study, reader) and screenshot:
             return 2  # without a screenshot the window stays open: an unknown reader never quits the program
         if screenshot:
             QtWidgets.QApplication.processEvents()
             deadline = QtCore.QDeadlineTimer(120_000)
-            while (win.state.volume is None or win.reading is None) and not deadline.hasExpired():
+            while (win.state.volume is None or win.reading is None) and not deadline.hasExpired() and not failed:
                 app.processEvents(QtCore.QEventLoop.ProcessEventsFlag.AllEvents, 100)
+            if failed:  # the case could not be loaded: say so and fail, instead of a blank screenshot and exit 0
+                print(f"could not load the study's case: {win.info.toPlainText()}", file=sys.stderr)
+                win.close()
+                return 2
             for _ in range(5):
                 app.processEvents()
             ok = win.export_window(screenshot)

@@ -48,8 +48,15 @@ class ShortcutSheet(QtWidgets.QDialog):
         for r, row in enumerate(SHORTCUTS):
             for c, text in enumerate(row):
                 self.table.setItem(r, c, QtWidgets.QTableWidgetItem(text))
-        self.table.resizeColumnsToContents()
-        self.table.horizontalHeader().setStretchLastSection(True)
+        # every column in view without scrolling sideways (the Group column sat off-screen)
+        hh = self.table.horizontalHeader()
+        mode = QtWidgets.QHeaderView.ResizeMode
+        for c, m in enumerate((mode.ResizeToContents, mode.Stretch, mode.ResizeToContents)):
+            hh.setSectionResizeMode(c, m)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table.setWordWrap(True)
+        self.table.resizeRowsToContents()
         self.table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
         lay.addWidget(self.table)
         bb = QtWidgets.QDialogButtonBox(QtWidgets.QDialogButtonBox.StandardButton.Close)

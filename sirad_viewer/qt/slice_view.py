@@ -39,6 +39,30 @@ def direction_letters(v: np.ndarray) -> str:
     return out or "?"
 
 
+def wrap_lines(lines: list[str], fm: QtGui.QFontMetricsF, max_w: float) -> str:
+    """Join ``lines`` with newlines, fitting each into ``max_w`` pixels.
+
+    A warning (a line starting with "⚠") is broken at spaces: the oblique view's "plane refused"
+    warning is longer than a 2x2 cell is wide and was cut off mid-sentence at the view's edge.
+    Other lines (hints, titles) are elided with "…" so small views keep room for the image.
+    """
+    out: list[str] = []
+    for line in lines:
+        if not line.startswith("⚠"):
+            out.append(fm.elidedText(line, QtCore.Qt.TextElideMode.ElideRight, max_w))
+            continue
+        cur = ""
+        for word in line.split(" "):
+            trial = f"{cur} {word}" if cur else word
+            if cur and fm.horizontalAdvance(trial) > max_w:
+                out.append(cur)
+                cur = "  " + word  # continuation lines indented
+            else:
+                cur = trial
+        out.append(cur)
+    return "\n".join(out)
+
+
 def nice_bar_mm(max_mm: float) -> float:
     for mm in (200, 100, 50, 20, 10, 5, 2, 1):
         if mm <= max_mm:
@@ -415,7 +439,7 @@ class SliceView(QtWidgets.QWidget):
 
         right = img.right_step / np.linalg.norm(img.right_step)
         down = img.down_step / np.linalg.norm(img.down_step)
-        head = "\n".join(self.header_lines())
+        head = wrap_lines(self.header_lines(), fm, W - 2 * m - 6)
         hw, hh = size(head, W - 2 * m)
         place("header", head, m, m, hw, hh, A.AlignLeft, lh)
         vol = st.volume

@@ -218,23 +218,38 @@ def _figures(results: dict[str, Any], reads: dict[tuple[str, str], list[JointRea
     fig.tight_layout()
     fig.savefig(out / "accuracy.png", dpi=110)
     plt.close(fig)
+    fig = confusion_figure(reads)
+    fig.savefig(out / "confusion.png", dpi=110)
+    plt.close(fig)
+
+
+def confusion_figure(reads: dict[tuple[str, str], list[JointRead]]) -> Any:
+    """One 5x5 confusion matrix (reference rows, reader grade columns) per reader and arm.
+
+    Every grade 0-4 is labelled on both axes (matplotlib's default ticks skipped 1 and 3), and
+    counts on dark cells are written in white so they stay readable.
+    """
+    import matplotlib.pyplot as plt
+
     n = len(reads)
     fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.8), squeeze=False)
     for ax, ((reader, arm), rs) in zip(axes[0], sorted(reads.items())):
         m = np.zeros((5, 5), int)
         for r in rs:
             m[r.reference, r.grade] += 1
-        ax.imshow(m, cmap="Blues")
+        ax.imshow(m, cmap="Blues", vmin=0, vmax=max(1, int(m.max())))
         for i in range(5):
             for j in range(5):
                 if m[i, j]:
-                    ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7)
+                    ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if m[i, j] > 0.6 * m.max() else "black")
+        ax.set_xticks(range(5))
+        ax.set_yticks(range(5))
         ax.set_title(f"{reader}\n{arm}", fontsize=7)
         ax.set_xlabel("reader grade", fontsize=7)
         ax.set_ylabel("reference", fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "confusion.png", dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def _fmt(v: Any) -> str:

@@ -73,10 +73,20 @@ class Protocol:
             cases = [Case(**{**c, "id": str(c["id"])}) for c in d.get("cases", [])]
         except (TypeError, KeyError) as exc:
             raise StudyError(f"reader or case entry is malformed: {exc}", path=source, code="bad_protocol") from exc
+        seed = d.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise StudyError(f"seed {seed!r} is not an integer", path=source, code="bad_protocol")
+        ai = d.get("ai_assistance", True)
+        if not isinstance(ai, bool):  # bool("false") is True: a quoted "false" would switch the AI on
+            raise StudyError(f"ai_assistance {ai!r} is not true or false", path=source, code="bad_protocol")
+        crossover = d.get("crossover", {"sessions": 2, "washout_days": 28})
+        if not isinstance(crossover, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in crossover.values()):
+            raise StudyError(f"crossover {crossover!r} needs numbers: {{sessions: 2, washout_days: 28}}",
+                             path=source, code="bad_protocol")
         p = cls(name=str(d.get("name", "")), design=str(d.get("design", "sequential")),
-                grade_scheme=str(d.get("grade_scheme", "mny5")), seed=int(d.get("seed", 0)),
-                ai_assistance=bool(d.get("ai_assistance", True)),
-                crossover=dict(d.get("crossover", {"sessions": 2, "washout_days": 28})), readers=readers, cases=cases)
+                grade_scheme=str(d.get("grade_scheme", "mny5")), seed=seed,
+                ai_assistance=ai, crossover=dict(crossover), readers=readers, cases=cases)
         p.validate(source=source)
         return p
 

@@ -64,6 +64,18 @@ def _png(rgb: np.ndarray, title: str) -> bytes:
     return buf.getvalue()
 
 
+def metric_text(v: Any) -> str:
+    """A model card's metrics entry in words: ``joints 58, accuracy 0.466`` (was a Python dict with
+    16-digit floats in the reader's report)."""
+    if isinstance(v, dict):
+        return ", ".join(f"{str(k).replace('_', ' ')} {metric_text(x)}" for k, x in v.items())
+    if isinstance(v, float):
+        return f"{v:.3f}" if np.isfinite(v) else "—"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(metric_text(x) for x in v) + "]"
+    return str(v)
+
+
 def _grade(v: Any) -> str:
     return "-" if v is None else f"{v} ({GRADE_WORDS.get(int(v), '?')})"
 
@@ -100,6 +112,36 @@ def _findings_html(reading: dict[str, Any] | None) -> list[str]:
                        f"at {where} mm LPS)</li>")
     out.append("</ul>")
     return out + keys
+
+
+def findings_text(reading: dict[str, Any] | None) -> list[str]:
+    """The reader's findings, suggested grades and measurements as plain lines (the PDF report).
+
+    The PDF left them out: a reader who exported a PDF lost every mark and measurement the HTML
+    report lists.
+    """
+    ann = (reading or {}).get("annotations")
+    if not ann or not (ann.get("items") or any(ann.get("findings", {}).values())):
+        return []
+    f, sg = ann.get("findings", {}), ann.get("suggested_grade", {})
+    out = ["Reader's findings: " + "; ".join(f"{s} {', '.join(f.get(s, [])) or 'none'}" for s in ("right", "left")),
+           f"Grade the findings suggest (the reader's grade is above): right {_grade(sg.get('right'))}, "
+           f"left {_grade(sg.get('left'))}"]
+    for it in ann.get("items", []):
+        k = it.get("kind")
+        if k == "ruler":
+            out.append(f"  distance {it['length_mm']:.1f} mm")
+        elif k == "angle":
+            out.append(f"  angle {it['degrees']:.1f} deg")
+        elif k == "roi" and it.get("stats"):
+            st = it["stats"]
+            out.append(f"  ROI r {it['radius_mm']:.1f} mm: mean {st['mean']:.0f} HU, SD {st['sd']:.0f}, "
+                       f"min {st['min']:.0f}, max {st['max']:.0f}, n {int(st['n'])}")
+        elif k == "lesion":
+            where = ", ".join(f"{v:.1f}" for v in it["points"][0])
+            out.append(f"  {it['side']} SIJ: {it['lesion']} ({'point' if len(it['points']) == 1 else 'region'} "
+                       f"at {where} mm LPS)")
+    return out
 
 
 def build_html(volume: Volume, result: Any, reading: dict[str, Any] | None, model_card: dict[str, Any],
@@ -174,7 +216,7 @@ def build_html(volume: Volume, result: Any, reading: dict[str, Any] | None, mode
     parts.append(f"<tr><th>training data</th><td>{e(str(td.get('train_joints', '?')))} joints from synthetic phantoms "
                  f"(sites {e(', '.join(td.get('sites', [])))})</td></tr>")
     for k, v in model_card.get("metrics", {}).items():
-        parts.append(f"<tr><th>metrics: {e(k)}</th><td>{e(str(v))}</td></tr>")
+        parts.append(f"<tr><th>metrics: {e(k)}</th><td>{e(metric_text(v))}</td></tr>")
     parts.append("</table>")
     parts.append("<p>Timings: " + ", ".join(f"{e(k)} {v:.2f} s" for k, v in d["timings_s"].items()) + f"; device {e(d['device'])}</p>")
     if d["warnings"]:
@@ -218,6 +260,7 @@ def _write_pdf(path: Path, volume: Volume, result: Any, reading: dict[str, Any] 
         for label, key in (("Reader before AI (locked)", "pre_ai"), ("Reader after AI", "post_ai")):
             g = reading.get(key)
             lines.append(f"{label}: " + (f"right {_grade(g.get('right'))}, left {_grade(g.get('left'))}" if g else "none"))
+    lines += findings_text(reading)
     for side in ("right", "left"):
         pj = d["joints"][side]
         lines.append(f"AI {side}: {'NOT RELIABLE, ' if (pj.get('ood') or {}).get('flagged') else ''}grade {pj['grade']}  p = " + " ".join(f"{p:.2f}" for p in pj["probabilities"])
@@ -241,3 +284,14 @@ def _write_pdf(path: Path, volume: Volume, result: Any, reading: dict[str, Any] 
             ax.axis("off")
         pdf.savefig(fig)
         plt.close(fig)
+        shots = (reading or {}).get("key_images", [])
+        for start in range(0, len(shots), 2):  # the reader's key images (Ctrl+I), two per page
+            fig = plt.figure(figsize=(8.27, 11.69))
+            fig.text(0.06, 0.97, "Reader's key images", va="top", fontsize=10)
+            for i, k in enumerate(shots[start:start + 2]):
+                ax = fig.add_axes([0.06, 0.5 - i * 0.46, 0.88, 0.42])
+                ax.imshow(plt.imread(io.BytesIO(base64.b64decode(k["png_b64"])), format="png"))
+                ax.set_title(k.get("title", ""), fontsize=8)
+                ax.axis("off")
+            pdf.savefig(fig)
+            plt.close(fig)

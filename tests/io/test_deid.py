@@ -566,3 +566,18 @@ def test_malformed_corpus_gives_our_errors_or_clean_copies(malformed_dir, tmp_pa
         deidentify_path(malformed_dir, tmp_path / "strict", key=b"m" * 32)
     assert str(malformed_dir) in err.value.user_message()
     assert not (tmp_path / "strict").exists()
+
+
+@pytest.mark.parametrize("case", ["missing_input", "existing_output"])
+def test_cli_deidentify_refuses_bad_paths_before_creating_a_key(tmp_path, key_file, capsys, case):
+    """A typo in the input path used to leave a new project key behind (a secret nobody asked for)."""
+    src = tmp_path / "nope"
+    out = tmp_path / "out"
+    if case == "existing_output":
+        src.write_bytes(b"x")
+        out.mkdir()
+        (out / "old.dcm").write_bytes(b"x")
+    assert sirad(["deidentify", str(src), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert ("nope: does not exist" in err) if case == "missing_input" else ("out: already exists" in err)
+    assert not key_file.exists()

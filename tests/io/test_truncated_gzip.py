@@ -33,3 +33,19 @@ def test_truncated_gzip_is_a_load_error(nifti_gz, tmp_path):
         open_volume(cut)
     assert ei.value.code == "truncated_pixel_data"
     assert "cut.nii.gz" in ei.value.user_message()
+
+
+def test_truncated_gzip_message_counts_the_bytes_present(nifti_gz, tmp_path):
+    """The message gave "0 present" for a file cut inside the first 4 MiB of voxels: a wrong number."""
+    import gzip
+
+    path, _ = nifti_gz
+    data = path.read_bytes()
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(LoadError) as ei:
+        open_volume(cut)
+    found = ei.value.context["found_bytes"]
+    full = len(gzip.decompress(data))
+    assert 0.3 * full < found < full  # about half the voxels decompress before the cut
+    assert f"{found} present" in ei.value.user_message()

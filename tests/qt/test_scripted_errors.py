@@ -1,0 +1,42 @@
+"""A scripted (non-interactive) window never opens a modal box: under Xvfb nobody clicks it.
+
+`sirad-viewer /no/such.nii.gz --screenshot x.png` hung for good behind a hidden message box
+instead of exiting with the error.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+from PyQt6 import QtCore, QtWidgets
+
+pytestmark = pytest.mark.qt
+
+
+def test_load_error_in_a_scripted_window_returns_without_a_modal_box(qapp, tmp_path):
+    from sirad_viewer.qt.app import MainWindow
+
+    bad = tmp_path / "cut.nii.gz"
+    bad.write_bytes(b"\x1f\x8b" + b"\0" * 40)
+    w = MainWindow(interactive=False, with_3d=False)
+    w.show()
+    seen = []
+
+    def close_modal() -> None:  # what a user would have to do; recorded so the test fails instead of hanging
+        m = QtWidgets.QApplication.activeModalWidget()
+        if m is not None:
+            seen.append(type(m).__name__)
+            m.close()
+
+    timer = QtCore.QTimer()
+    timer.timeout.connect(close_modal)
+    timer.start(500)
+    try:
+        t0 = time.monotonic()
+        w.open_path(str(bad))
+        assert not w.wait_until_ready(timeout_ms=30_000, mesh=False)
+        assert seen == [] and time.monotonic() - t0 < 20
+        assert "cut.nii.gz" in w.info.toPlainText()
+    finally:
+        timer.stop()
+        w.close()
