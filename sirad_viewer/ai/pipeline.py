@@ -453,8 +453,13 @@ class Grader:
 
 
 def write_heatmaps(result: GradeResult, volume: Volume, out_dir: str | Path) -> list[Path]:
-    """One NIfTI per joint on the CT grid (float32, 0..1): ``heatmap_left.nii.gz``, ``heatmap_right.nii.gz``."""
-    from sirad_viewer.io.export import write_nifti
+    """One NIfTI per joint (float32, 0..1): ``heatmap_left.nii.gz``, ``heatmap_right.nii.gz``.
+
+    Each holds the block of the CT grid that its heatmap covers (same voxel size and orientation as
+    the CT, its own origin; zero outside it), not the whole grid: overlaid in world coordinates it
+    is the same map, and writing it takes milliseconds instead of 1.1-1.6 s on a 512x512x300 CT.
+    """
+    from sirad_viewer.io.export import write_nifti_block
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -463,6 +468,6 @@ def write_heatmaps(result: GradeResult, volume: Volume, out_dir: str | Path) -> 
         if jr.heatmap is None:
             continue
         p = out / f"heatmap_{side}.nii.gz"
-        write_nifti(volume.with_array(jr.heatmap.full()), p)
+        write_nifti_block(volume, jr.heatmap.block, jr.heatmap.offset, p)
         paths.append(p)
     return paths

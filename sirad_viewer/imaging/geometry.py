@@ -62,17 +62,20 @@ def affine_directions(affine: np.ndarray) -> np.ndarray:
     return (m / np.linalg.norm(m, axis=0)).T
 
 
+# The two maps below use einsum, not ``points @ m.T``: for an (N, 3) array numpy hands the product
+# to BLAS, whose threaded (N x 3) @ (3 x 3) took 15-25 ms per 150k-point crop grid on the 2-core
+# machine (0.1-0.3 s of CPU per ``sirad grade``); einsum's loop takes 3-6 ms. Results differ from
+# the BLAS product by at most 1 ulp (grades and probabilities of the demo CT bit-identical).
 def index_to_world(affine: np.ndarray, index: np.ndarray | Sequence[float]) -> np.ndarray:
     """Map (..., 3) indices (slice, row, column) to (..., 3) LPS mm."""
-    idx = np.asarray(index, dtype=float)
-    return idx @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+    a = np.asarray(affine, dtype=float)
+    return np.einsum("...j,ij->...i", np.asarray(index, dtype=float), a[:3, :3]) + a[:3, 3]
 
 
 def world_to_index(affine: np.ndarray, points: np.ndarray | Sequence[float]) -> np.ndarray:
     """Map (..., 3) LPS mm to fractional (..., 3) indices (slice, row, column)."""
-    p = np.asarray(points, dtype=float)
-    inv = np.linalg.inv(np.asarray(affine))
-    return p @ inv[:3, :3].T + inv[:3, 3]
+    inv = np.linalg.inv(np.asarray(affine, dtype=float))
+    return np.einsum("...j,ij->...i", np.asarray(points, dtype=float), inv[:3, :3]) + inv[:3, 3]
 
 
 def lps_to_ras(points: np.ndarray | Sequence[float]) -> np.ndarray:

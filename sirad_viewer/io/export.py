@@ -59,16 +59,59 @@ def write_nifti(volume: Volume, path: str | Path, *, deidentify: bool = True, si
     except OSError as exc:
         raise ExportError(f"cannot be written: {exc}", path=path) from exc
     if sidecar:
-        meta = deidentify_metadata(volume.metadata, key=key) if deidentify else volume.metadata
-        side = {
-            "metadata": meta.to_dict(),
-            "warnings": [{**w.to_dict(), "message": scrub_paths(w.message, volume.sources)} if deidentify
-                         else w.to_dict() for w in volume.warnings],
-            "written_by": f"sirad-viewer {__version__}",
-            "deidentified": bool(deidentify),
-        }
-        sp = path.with_name(path.name.replace(".nii.gz", "").replace(".nii", "") + ".json")
-        sp.write_text(json.dumps(side, indent=2))
+        _write_sidecar(volume, path, deidentify=deidentify, key=key)
+    return path
+
+
+def _write_sidecar(volume: Volume, path: Path, *, deidentify: bool, key: bytes | None) -> None:
+    meta = deidentify_metadata(volume.metadata, key=key) if deidentify else volume.metadata
+    side = {
+        "metadata": meta.to_dict(),
+        "warnings": [{**w.to_dict(), "message": scrub_paths(w.message, volume.sources)} if deidentify
+                     else w.to_dict() for w in volume.warnings],
+        "written_by": f"sirad-viewer {__version__}",
+        "deidentified": bool(deidentify),
+    }
+    sp = path.with_name(path.name.replace(".nii.gz", "").replace(".nii", "") + ".json")
+    sp.write_text(json.dumps(side, indent=2))
+
+
+def write_nifti_block(volume: Volume, block: np.ndarray, offset: Any, path: str | Path, *, deidentify: bool = True,
+                      sidecar: bool = True, key: bytes | None = None) -> Path:
+    """Write ``block``, the part of ``volume``'s grid that starts at index ``offset`` (slice, row, column),
+    as a NIfTI of its own: same voxel size and orientation as the volume, its own origin, so every
+    voxel keeps its world position and viewers (3D Slicer, ITK-SNAP, FSLeyes, ours) overlay it on
+    the CT. Values are written as they are (no quantisation).
+
+    Used for the heatmaps of ``sirad grade --heatmaps``: writing the whole CT grid (two CT-sized
+    float32 .nii.gz, nearly all zeros) cost 1.1-1.6 s on a 512x512x300 CT. Written with SimpleITK,
+    which the NIfTI reader has already imported (nibabel costs 0.3-0.8 s of CPU to import); an affine
+    SimpleITK cannot hold (sheared: a tilted-gantry series) goes through :func:`write_nifti`.
+    """
+    block = np.asarray(block)
+    o = np.asarray(offset, dtype=float).reshape(3)
+    affine = np.array(volume.affine, dtype=float)
+    affine[:3, 3] = (np.asarray(volume.affine, dtype=float) @ np.append(o, 1.0))[:3]
+    sub = volume.with_array(block, affine)
+    path = Path(path)
+    if not str(path).endswith((".nii", ".nii.gz")):
+        path = path.with_name(path.name + ".nii.gz")
+    if not geo.is_orthogonal(affine, tol_deg=1e-4):
+        return write_nifti(sub, path, deidentify=deidentify, sidecar=sidecar, key=key)
+    import SimpleITK as sitk
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(block))  # (slice, row, column) == SimpleITK's (z, y, x)
+    origin, spacing, direction = geo.affine_to_sitk(affine)
+    img.SetOrigin(origin)
+    img.SetSpacing(spacing)
+    img.SetDirection(direction)
+    try:
+        sitk.WriteImage(img, str(path), useCompression=str(path).endswith(".gz"))
+    except RuntimeError as exc:
+        raise ExportError(f"cannot be written: {exc}", path=path) from exc
+    if sidecar:
+        _write_sidecar(sub, path, deidentify=deidentify, key=key)
     return path
 
 

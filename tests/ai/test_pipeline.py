@@ -239,7 +239,12 @@ def test_cli_grade_json_and_heatmaps(tmp_path):
     vol = open_volume(ct)
     for side in ("left", "right"):
         hm = open_volume(tmp_path / "hm" / f"heatmap_{side}.nii.gz")
-        assert hm.shape == vol.shape and np.allclose(hm.affine, vol.affine, atol=1e-3)
+        # the block of the CT grid that holds the heatmap: same voxel axes, origin on a CT voxel
+        assert np.allclose(hm.affine[:3, :3], vol.affine[:3, :3], atol=1e-3)
+        first = (np.linalg.inv(vol.affine) @ hm.affine[:, 3])[:3]
+        assert np.allclose(first, np.round(first), atol=1e-3)
+        o = np.round(first).astype(int)
+        assert (o >= 0).all() and (o + np.array(hm.shape) <= np.array(vol.shape)).all()
         assert 0.99 < float(hm.array.max()) <= 1.0
 
 
