@@ -406,7 +406,8 @@ def cmd_train_segmenter(args: argparse.Namespace) -> int:
 
     b = train_segmenter(args.data if len(args.data) > 1 else args.data[0], args.out, steps=args.steps,
                         spacing_mm=args.spacing, seed=args.seed, progress=prog, lr=args.lr,
-                        version=args.model_version, init=load_bundle(args.init) if args.init else None)
+                        version=args.model_version, init=load_bundle(args.init) if args.init else None,
+                        average_init=args.average_init)
     print(f"wrote {b.path}")
     return 0
 
@@ -739,6 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train-segmenter", help="train the pelvic-bone segmentation UNet from DATA.csv with a labels column")
     t.add_argument("--data", required=True, action="append", help="DATA.csv (repeat to train on several sets)")
     t.add_argument("--init", help="continue from this segmentation bundle's weights")
+    t.add_argument("--average-init", type=float, metavar="W", help="with --init: save (1-W) x init + W x trained weights")
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--model-version", default="0.1.0")
     t.add_argument("--out", required=True)

@@ -7,7 +7,9 @@
 # Measured for the shipped bundles (0.2.0) on two shared CPU cores, 2026-11-28: atlas phantoms 15 min
 # (180 cases, in two runs of 100 and 80), analytic phantoms ~3 min (alongside), segmenter 12.0 min
 # (800 steps), grader 7.8 min (crops of 180 cases + 49 epochs, early stop), evaluation ~8 min:
-# about 45 minutes in all.
+# about 45 minutes in all. The segmenter 0.3.0 was then continued from 0.2.0 for 600 steps on this script's
+# 180-phantom train split plus the analytic phantoms (SEG_STEPS2=600: 28 min on two heavily shared cores,
+# ~2.8 s per step) and averaged with 0.2.0 (SEG_AVERAGE=0.5); its held-out / seen Dice: README.
 #
 # Options (environment variables):
 #   ANATOMY=atlas|analytic   grader phantoms (default atlas: real bone surfaces, split by subject;
@@ -18,6 +20,8 @@
 #   SITE=...                 site profile (default atlas-mixed, or phantom-A for analytic)
 #   DATA_OPTS="..."          more phantom-dataset options (default "--max-voxels 8000000" for atlas)
 #   SEG_STEPS=800 EPOCHS=60 PATIENCE=15 CROP_SIZE=48 CROP_SPACING=1.5
+#   SEG_STEPS2=0             continue the segmenter this many steps more (0.3.0: 600), lr SEG_LR2=2e-3,
+#   SEG_AVERAGE=0.5          then average its weights with the first stage's (empty: no averaging)
 #   CONFIG='{"init_features": 12, ...}'  the DenseNet configuration
 #   SIRAD=.venv/bin/sirad    the command to run
 # Each stage's wall time goes to WORKDIR/timings.txt and is printed at the end.
@@ -56,6 +60,12 @@ fi
 stage phantoms
 # pelvic-bone segmentation UNet on the train splits' label maps
 $S train-segmenter $SEG_DATA --out "$W/pelvis-unet-demo" --steps "$SEG_STEPS"
+if [ "${SEG_STEPS2:-0}" -gt 0 ]; then  # continuation, averaged with its start (as for 0.3.0)
+  AVG=${SEG_AVERAGE-0.5}
+  $S train-segmenter $SEG_DATA --init "$W/pelvis-unet-demo" --out "$W/pelvis-unet-demo-2" --steps "$SEG_STEPS2" \
+     --lr "${SEG_LR2:-2e-3}" --seed 1 --model-version 0.3.0 ${AVG:+--average-init "$AVG"}
+  rm -rf "$W/pelvis-unet-demo" && mv "$W/pelvis-unet-demo-2" "$W/pelvis-unet-demo"
+fi
 stage segmenter
 # grading DenseNet on crops in the joint's own frame, from that segmentation; val split for early stopping and temperature
 $S train --data "$W/data/DATA.csv" --out "$W/sij-densenet-demo" --segmenter "$W/pelvis-unet-demo" \

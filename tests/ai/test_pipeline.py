@@ -81,11 +81,12 @@ def test_segmentation_dice_on_held_out_atlas_subjects(grader, subject, left, rig
     ph = held_out_atlas(subject, left, right, seed)
     seg = grader.segment(ph.volume, [])
     truth = ph.labels.array if hasattr(ph.labels, "array") else ph.labels
-    # the target is 0.9; the shipped UNet reaches a mean of 0.86-0.91 (minimum 0.78) on held-out
-    # subjects (the previous one, trained on analytic phantoms only: 0.61-0.75, minimum 0.40), so this
-    # records the floor it keeps
+    # the target is 0.9; the shipped UNet 0.3.0 reaches a mean of 0.876 / 0.910 / 0.921 on held-out
+    # subjects (README). On these two small phantoms: subject 13 0.912 / 0.921 / 0.950, subject 51
+    # 0.826 / 0.854 / 0.887 (0.2.0: 0.805 / 0.825 / 0.867, which this floor refuses)
+    floor = {SACRUM: 0.82, LEFT_ILIUM: 0.85, RIGHT_ILIUM: 0.85}
     for k in (SACRUM, LEFT_ILIUM, RIGHT_ILIUM):
-        assert dice(seg.labels == k, truth == k) >= 0.78, (k, dice(seg.labels == k, truth == k))
+        assert dice(seg.labels == k, truth == k) >= floor[k], (k, dice(seg.labels == k, truth == k))
 
 
 @pytest.mark.slow

@@ -130,3 +130,13 @@ def test_segmenter_trains_on_several_data_sets(tmp_path, small_phantom):
     sd1, sd2 = first.state_dict(), load_bundle(b2.path).state_dict()
     assert all(torch.allclose(torch.as_tensor(sd1[k]).float(), torch.as_tensor(sd2[k]).float()) for k in sd1
                if "weight" in k)  # lr 0: unchanged weights
+    # --average-init: the saved weights are (1 - w) x the start + w x the trained ones
+    b3 = train_segmenter(csvs[0], tmp_path / "seg3", steps=1, lr=1e-2, init=first, seed=3)
+    b4 = train_segmenter(csvs[0], tmp_path / "seg4", steps=1, lr=1e-2, init=first, seed=3, average_init=0.25)
+    sd3, sd4 = load_bundle(b3.path).state_dict(), load_bundle(b4.path).state_dict()
+    moved = [k for k in sd1 if "weight" in k and not torch.allclose(torch.as_tensor(sd1[k]), torch.as_tensor(sd3[k]))]
+    assert moved
+    for k in moved:
+        want = 0.75 * torch.as_tensor(sd1[k]).float() + 0.25 * torch.as_tensor(sd3[k]).float()
+        assert torch.allclose(torch.as_tensor(sd4[k]).float(), want, atol=1e-6), k
+    assert "0.25" in load_bundle(b4.path).metadata["training_data"]["weight_average"]
