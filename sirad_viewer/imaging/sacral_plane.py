@@ -142,3 +142,68 @@ def proposed_axis(result: Any) -> np.ndarray:
             pass  # too little contact surface: the localisation's axis, checked by the viewer
     sup, inf = result.localisation.sacral_axis
     return _unit(np.asarray(sup, float) - np.asarray(inf, float))
+
+
+def sij_centre(volume: Any, *, step_mm: float = 4.0, bone_hu: float = 150.0,
+               min_width_mm: float = 120.0) -> np.ndarray | None:
+    """A classical estimate of the point between the two sacroiliac joints, from bone alone (LPS mm).
+
+    For the hanging protocol, which must frame both joints before the reader's lock (so without
+    the AI). On a coarse bone mask (``step_mm`` voxels, HU > ``bone_hu``, each axial slice closed
+    by one voxel so a 2-4 mm joint space bridges), the sacroiliac level is where one piece of bone
+    crosses the midline behind the slice's bone centre and reaches ``min_width_mm / 2`` to either
+    side: sacrum and both ilia adjacent. Above it the lumbar spine stands apart from the iliac
+    wings; below it the lower sacrum stands apart from the ischia; the pubic ring crosses the
+    midline in front. The result is the median level of those slices, the middle of that piece
+    in x, and the anteroposterior position of its parts 30-60 mm from the midline (the joints).
+    About 0.07 s on the demo CT; within 10 mm of the joints' midpoint there and on atlas phantoms.
+
+    Parameters
+    ----------
+    volume : a :class:`~sirad_viewer.imaging.volume.Volume` in the canonical axial layout
+        (``Volume.reoriented()``: axis 0 runs craniocaudal)
+
+    Returns
+    -------
+    ndarray of shape (3,), or None when no slice shows the sacrum joined to both ilia.
+    """
+    from scipy import ndimage
+
+    sp = np.asarray(volume.spacing, float)
+    st = np.maximum(1, np.floor(step_mm / sp).astype(int))
+    bone = volume.array[::st[0], ::st[1], ::st[2]] > bone_hu
+    bone = ndimage.binary_closing(bone, structure=np.ones((1, 3, 3)))
+    aff = np.asarray(volume.affine, float) @ np.diag([st[0], st[1], st[2], 1.0])
+    plane = np.zeros((3, 3, 3), bool)
+    plane[1] = ndimage.generate_binary_structure(2, 1)
+    lab, n = ndimage.label(bone, structure=plane)  # pieces within each axial slice
+    if n == 0:
+        return None
+    idx = np.argwhere(lab > 0)
+    which = lab[tuple(idx.T)]
+    w = geo.index_to_world(aff, idx.astype(float))
+    # each slice's bone centre (x, y), given to each voxel
+    k = idx[:, 0]
+    cnt = np.bincount(k, minlength=bone.shape[0]).astype(float)
+    xc = (np.bincount(k, w[:, 0], minlength=bone.shape[0]) / np.maximum(cnt, 1))[k]
+    yc = (np.bincount(k, w[:, 1], minlength=bone.shape[0]) / np.maximum(cnt, 1))[k]
+    dx = w[:, 0] - xc
+    lo = np.full(n + 1, np.inf)
+    hi = np.full(n + 1, -np.inf)
+    back = np.full(n + 1, -np.inf)  # how far behind the slice's centre the piece crosses the midline
+    np.minimum.at(lo, which, dx)
+    np.maximum.at(hi, which, dx)
+    near = np.abs(dx) < 10.0
+    np.maximum.at(back, which[near], (w[near, 1] - yc[near]))
+    ok = (lo <= -min_width_mm / 2) & (hi >= min_width_mm / 2) & (back > 0)
+    ok[0] = False
+    if not ok.any():
+        return None
+    sel = ok[which]
+    joints = sel & (np.abs(dx) > 30.0) & (np.abs(dx) < 60.0) & (w[:, 1] > yc - 20.0)
+    pieces = np.flatnonzero(ok)
+    levels = ndimage.mean(w[:, 2], which, pieces)
+    xs = ndimage.mean(xc, which, pieces) + (lo[pieces] + hi[pieces]) / 2.0  # the middle of each piece
+    ys = [float(w[joints & (which == i), 1].mean()) if (joints & (which == i)).any()
+          else float(yc[which == i][0]) for i in pieces]
+    return np.array([np.median(xs), np.median(ys), np.median(levels)])
