@@ -10,8 +10,8 @@ Two estimates, both Qt-free:
   backwards), on an S1-S3 sacrum it is not the long axis at all (62 and 57 degrees from
   craniocaudal on the demo CT and an atlas phantom, against about 35 for a reader). The joint
   boxes' "long" axis is that principal axis projected into the joint plane, so it is no better;
-  the contact surface itself is used. Measured (angle to the reference): demo CT 1.4 degrees
-  from the README's reader axis; atlas phantoms (seeds 4, 7, 11) 2.1, 2.3, 2.9 degrees from
+  the contact surface itself is used. Measured (angle to the reference): demo CT 2.2 degrees
+  from the README's reader axis; atlas phantoms (seeds 4, 7, 11) 2.1, 2.7, 2.5 degrees from
   truth.json's sacral axis. Each cue alone was off by up to 13 (auricular) or 14 (dorsal) degrees.
 - :func:`sij_level` -- a classical, AI-free estimate of the sacroiliac level from bone alone,
   for the hanging protocol (the AI stays hidden until the reader's lock).
