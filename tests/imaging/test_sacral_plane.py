@@ -60,3 +60,15 @@ def test_atlas_phantom_plane_is_near_the_truth(grader, shared_data):
     print("atlas", axis_tilt_deg(axis), axis_tilt_deg(truth), _angle(axis, truth), _angle(seg_axis, truth))
     assert _angle(axis, truth) < 10.0  # 2.1 (the segmentation's axis: 14.3, tilted 57 degrees)
     assert _accepted(axis)
+
+
+def test_sij_centre_finds_the_joints_level_on_the_demo_ct_from_bone_alone():
+    """#13: the hanging protocol opened the demo CT at the volume centre, z +260.8 mm, above the joints."""
+    from sirad_viewer.imaging.sacral_plane import sij_centre
+    from sirad_viewer.io.formats import read_volume_file
+
+    vol = read_volume_file(DEMO).reoriented()
+    mid = np.array([-0.5, -92.0, 211.6])  # between the segmentation's joint centres
+    c = sij_centre(vol)
+    assert c is not None and np.linalg.norm(c - mid) < 15.0, c
+    assert np.linalg.norm(vol.center_world() - mid) > 50.0  # where it opened before
