@@ -325,9 +325,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.state.set_overlays(heatmap=vol.with_array(heat), labels=labels,
                                 boxes=[jr.box for jr in result.joints.values()])
         if self.state.sacral_axis_source != "reader":
-            ax = result.localisation.sacral_axis
+            from sirad_viewer.imaging.sacral_plane import proposed_axis
+
             mid = (result.joints["left"].box.center_lps_mm + result.joints["right"].box.center_lps_mm) / 2.0
-            self.state.set_sacral_axis(ax[0] - ax[1], mid, source="segmentation")
+            self.state.set_sacral_axis(proposed_axis(result), mid, source="segmentation")
         for side in ("right", "left"):
             self.views[f"joint-{side}"].set_focus(result.joints[side].box.center_lps_mm, 2.2,  # type: ignore[attr-defined]
                                                    f"{side} SIJ")

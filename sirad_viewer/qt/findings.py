@@ -91,6 +91,10 @@ class FindingsPanel(QtWidgets.QWidget):
             cb.setEnabled(kind not in (ann.findings(side) - ann.checklist[side]))
         for side in SIDES:
             self.suggest[side].setText(f"grade {ann.suggested_grade(side)}")
+        if self.side.currentText() != self.state.lesion_side:  # a mark on the other side moved it
+            self.side.blockSignals(True)
+            self.side.setCurrentText(self.state.lesion_side)
+            self.side.blockSignals(False)
         for tool, b in self.tool_buttons.items():
             b.setChecked(tool == self.state.tool)
         self.measures.clear()

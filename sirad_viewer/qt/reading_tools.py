@@ -180,7 +180,9 @@ class ReadingTools(QtCore.QObject):
         h, w = img.pixels.shape
         ph, pw = img.pixel_mm
         fit = min(v.width() / (w * pw), v.height() / (h * ph))
-        v.zoom = float(np.clip(v.width() / (w * pw) / fit, 1.0, 16.0))
+        # full width, but at least FRAME_HEIGHT_MM from top to bottom: a joint is 50-60 mm long and
+        # the pelvis may lie rolled, so a narrow field of view must not cut the joints off (#13)
+        v.zoom = float(np.clip(min(v.width() / (w * pw), v.height() / FRAME_HEIGHT_MM) / fit, 1.0, 16.0))
         v.pan = QtCore.QPointF(0, 0)
         v.center_on(self.win.state.crosshair)
         p = v.world_to_widget(self.win.state.crosshair)
@@ -197,6 +199,12 @@ class ReadingTools(QtCore.QObject):
         if st.layout != HANGING["layout"]:
             st.set_layout(HANGING["layout"])
         st.apply_preset(HANGING["preset"])
+        if st.sacral_axis_source != "reader":  # both joints in view, found from bone (the AI stays hidden, #13)
+            from sirad_viewer.imaging.sacral_plane import sij_centre
+
+            centre = sij_centre(st.volume)
+            if centre is not None:
+                st.set_crosshair(centre)
         QtWidgets.QApplication.processEvents()
         self.frame_oblique()
         self.undo.reset()  # how a case opens is not a step to undo
@@ -346,6 +354,9 @@ class ViewUndo(QtCore.QObject):
         self._direction = 1
         self._apply(step)
         return True
+
+
+FRAME_HEIGHT_MM = 120.0
 
 
 def install(win: "MainWindow") -> ReadingTools:

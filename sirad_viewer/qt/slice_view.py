@@ -640,7 +640,8 @@ class SliceView(QtWidgets.QWidget):
         pos = e.position()
         b = e.button()
         if b == QtCore.Qt.MouseButton.LeftButton:
-            for h in self.oblique_handles():
+            # in axis mode (Ctrl+L) the reader draws: a press near the oblique trace's handle draws too
+            for h in ([] if self.axis_mode else self.oblique_handles()):
                 if (h - pos).manhattanLength() < 12:
                     self._drag = ("rotate", pos, None)
                     return

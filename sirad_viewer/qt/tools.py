@@ -92,7 +92,7 @@ class ToolController:
             self.cancel()
         elif tool == "lesion":
             pts = self.points if len(self.points) >= 3 else self.points[:1]
-            self.state.annotations.add(an.LesionMark(self.state.lesion_kind, self.state.lesion_side, list(pts)))
+            self.state.mark_lesion(list(pts))  # the side is where the mark lies (#13)
             self.cancel()
 
     def add_roi(self, center: np.ndarray, radius_mm: float) -> an.CircleROI:

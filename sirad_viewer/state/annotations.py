@@ -161,6 +161,16 @@ class LesionMark:
 Annotation = Ruler | Angle | CircleROI | LesionMark
 
 
+def side_at(points: Any, midline_point: Any, left_direction: Any = (1.0, 0.0, 0.0)) -> str:
+    """The joint a mark belongs to: the side of the midsagittal plane its points lie on (mean).
+
+    ``left_direction`` is the plane's normal towards the patient's left (+x in LPS, or the line
+    from the right to the left joint when the pelvis lies rotated).
+    """
+    c = np.mean(np.atleast_2d(np.asarray(points, float)), axis=0)
+    return "left" if float((c - _pt(midline_point)) @ _pt(left_direction)) > 0 else "right"
+
+
 def from_dict(d: dict[str, Any]) -> Annotation:
     """Rebuild an annotation from :meth:`to_dict` output (checks the kind and the points)."""
     kind = d.get("kind")

@@ -91,6 +91,7 @@ class ViewerState:
         self.window = Window(*PRESETS["bone"], "bone")
         self.sacral_axis: np.ndarray | None = None  # LPS direction; None: not set yet
         self.sacral_axis_source = ""  # "reader" (dragged on sagittal) or "segmentation"
+        self.reader_axis_point: np.ndarray | None = None  # the middle of the reader's sacral line (LPS)
         self.layout = "sij"
         self.show_patient_text = True
         self.volume_changed = Signal()
@@ -147,6 +148,35 @@ class ViewerState:
             self.lesion_side = side
         self.tool_changed.emit(tool)
 
+    # --- lesion marks (#13: a mark belongs to the joint on whose side it lies) ----------------------
+    def midline(self) -> tuple[np.ndarray, np.ndarray]:
+        """(point, normal towards the patient's left) of the midsagittal plane.
+
+        From the AI's joint boxes once revealed (the boxes are on the views only then), else
+        through the reader's sacral line, else through the volume's centre.
+        """
+        boxes = {getattr(b, "side", ""): b for b in self.overlays.boxes}
+        if "left" in boxes and "right" in boxes:
+            c_l = np.asarray(boxes["left"].center_lps_mm, float)
+            c_r = np.asarray(boxes["right"].center_lps_mm, float)
+            if np.linalg.norm(c_l - c_r) > 1.0:
+                return (c_l + c_r) / 2.0, (c_l - c_r) / np.linalg.norm(c_l - c_r)
+        if self.sacral_axis_source == "reader" and self.reader_axis_point is not None:
+            return self.reader_axis_point.copy(), np.array([1.0, 0.0, 0.0])
+        centre = self.volume.center_world() if self.volume is not None else np.zeros(3)
+        return np.asarray(centre, float), np.array([1.0, 0.0, 0.0])
+
+    def mark_lesion(self, points: list[np.ndarray]) -> Any:
+        """Add a lesion mark of ``lesion_kind`` on the joint on whose side it lies; the side
+        selection follows it (``tool_changed``), so the next mark defaults to that joint."""
+        from sirad_viewer.state.annotations import LesionMark, side_at
+
+        side = side_at(points, *self.midline())
+        if side != self.lesion_side:
+            self.lesion_side = side
+            self.tool_changed.emit(self.tool)
+        return self.annotations.add(LesionMark(self.lesion_kind, side, [np.asarray(p, float) for p in points]))
+
     # --- overlays ------------------------------------------------------------------------------
     def set_overlays(self, **changes: Any) -> None:
         """Change overlay fields (heatmap, opacity, threshold, labels, labels_mode, boxes, ...)."""
@@ -174,6 +204,7 @@ class ViewerState:
         self.crosshair = self.volume.center_world()
         self.sacral_axis = None
         self.sacral_axis_source = ""
+        self.reader_axis_point = None
         self.oblique_warning = ""
         self.annotations.clear()  # a new case carries nothing of the last one
         self.volume_changed.emit(self.volume)
@@ -247,6 +278,8 @@ class ViewerState:
         self.sacral_axis_source = source
         self.oblique_warning = ""
         mid = (p_a + p_b) / 2.0
+        if source == "reader":
+            self.reader_axis_point = mid
         self.crosshair = mid
         self.crosshair_changed.emit(mid.copy())
         self.oblique_changed.emit()
@@ -273,6 +306,8 @@ class ViewerState:
         self.oblique_warning = ""
         self.sacral_axis = d / np.linalg.norm(d)
         self.sacral_axis_source = source
+        if source == "reader" and point is not None:
+            self.reader_axis_point = np.asarray(point, float).copy()
         if point is not None:
             self.crosshair = np.asarray(point, float)
             self.crosshair_changed.emit(self.crosshair.copy())

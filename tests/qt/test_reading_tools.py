@@ -257,6 +257,30 @@ def test_lesion_marks_tick_the_findings_and_suggest_a_grade(win, qtbot):
     assert win.reading.pre.right is None  # the reader's grade stays the reader's
 
 
+def test_a_mark_on_the_patients_left_is_a_left_mark_whatever_the_dropdown(win, qtbot):
+    """#13: with the joint dropdown on "right", E and a click on the patient's left half of the
+    oblique view made "R erosion" and ticked the right joint's checklist."""
+    from sirad_viewer.state.annotations import LesionKind
+
+    st = win.state
+    panel = win.reading_tools.findings
+    st.set_tool("lesion", lesion_kind="erosion", side="right")
+    assert panel.side.currentText() == "right"
+    v = win.views["oblique"]
+    target = st.crosshair.copy()
+    target[0] = st.volume.center_world()[0] + 40.0  # +x in LPS: the patient's left
+    pos = v.world_to_widget(target)
+    assert pos is not None
+    qtbot.mouseClick(v, QtCore.Qt.MouseButton.LeftButton, pos=QtCore.QPoint(int(pos.x()), int(pos.y())))
+    st.set_tool("navigate")
+    mark = st.annotations.items[-1]
+    assert mark.kind == "lesion" and mark.label() == "L erosion"
+    assert panel.side.currentText() == "left"  # the dropdown follows the click
+    assert panel.checks[("left", LesionKind.EROSION)].isChecked()
+    assert not panel.checks[("right", LesionKind.EROSION)].isChecked()
+    st.annotations.remove(mark.id)
+
+
 def test_f1_shows_the_shortcut_sheet(win):
     act = win.reading_tools.help_action
     assert act.shortcut().toString() == "F1"

@@ -51,3 +51,33 @@ def test_suggestion_counts_marked_erosions_per_joint():
         s.add(an.LesionMark("erosion", "right", [np.array([float(i), 0, 0])]))
     s.add(an.LesionMark("sclerosis", "left", [np.zeros(3)]))
     assert s.suggested_grade("right") == 3 and s.suggested_grade("left") == 2
+
+
+def test_a_lesion_mark_takes_the_side_where_it_lies_not_the_dropdowns():
+    """#13: with the joint selection on "right", a mark on the patient's left (+x) was "R erosion"."""
+    from types import SimpleNamespace
+
+    from sirad_viewer.imaging.volume import Volume
+    from sirad_viewer.state.viewer import ViewerState
+
+    st = ViewerState()
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    aff[:3, 3] = (-100.0, -100.0, -50.0)  # x from -100 to +98 mm: centre near x = -1
+    st.set_volume(Volume(np.zeros((50, 100, 100), np.int16), aff))
+    seen = []
+    st.tool_changed.connect(seen.append)
+    st.set_tool("lesion", lesion_kind="erosion", side="right")
+    m = st.mark_lesion([np.array([30.0, 0.0, 0.0])])  # patient's left of the volume's centre
+    assert m.side == "left" and m.label() == "L erosion"
+    assert st.lesion_side == "left" and seen[-1] == "lesion"  # the selection follows the mark
+    assert an.LesionKind.EROSION in st.annotations.findings("left")
+    assert st.annotations.findings("right") == set()
+    # the reader's sacral line puts the midline at x = 40: x = 30 is now the right joint's
+    st.set_sacral_axis_from_line(np.array([40.0, -30.0, 40.0]), np.array([40.0, 0.0, 0.0]))
+    assert st.mark_lesion([np.array([30.0, 0.0, 0.0])]).side == "right"
+    # revealed: the AI's joint boxes decide (a pelvis lying off centre, midline at x = 10)
+    boxes = [SimpleNamespace(side="left", center_lps_mm=np.array([60.0, 0.0, 0.0])),
+             SimpleNamespace(side="right", center_lps_mm=np.array([-40.0, 0.0, 0.0]))]
+    st.set_overlays(boxes=boxes)
+    assert st.mark_lesion([np.array([15.0, 0, 0]), np.array([25.0, 5, 0]), np.array([18.0, 9, 0])]).side == "left"
+    assert st.mark_lesion([np.array([5.0, 0.0, 0.0])]).side == "right" and st.lesion_side == "right"
