@@ -88,27 +88,41 @@ def test_segmentation_dice_on_held_out_atlas_subjects(grader, subject, left, rig
         assert dice(seg.labels == k, truth == k) >= 0.78, (k, dice(seg.labels == k, truth == k))
 
 
-@pytest.mark.slow
-def test_rotated_pelvis_keeps_the_grade_category_and_the_box(grader):
-    # issue #10: grading in the joint's own frame; the patient turned by 15 degrees in the scanner
+_ROT_REF: dict = {}
+
+
+@pytest.mark.parametrize("axis", ["x", pytest.param("y", marks=pytest.mark.slow), pytest.param("z", marks=pytest.mark.slow)])
+def test_rotated_pelvis_keeps_the_crop_the_grade_and_the_box(grader, axis):
+    # issue #10 item 3, end to end (segmentation -> localisation -> joint-frame crop): the patient turned
+    # by 15 degrees in the scanner gives the same crop (correlation >= 0.95), the same grade and a box that
+    # moved with the pelvis to sub-millimetre. Before the frame was refined from the CT (boxes from the 4 mm
+    # segmentation alone) the crops correlated 0.30-0.66 and the box moved 0.4-4.8 mm.
     from scipy.spatial.transform import Rotation
+
+    from sirad_viewer.ai import grading as GR
 
     ph = held_out_atlas("29", 1, 3, 3)
     vol = ph.volume
-    ref = grader(vol, heatmaps=False)
-    r = Rotation.from_euler("x", 15.0, degrees=True).as_matrix()
+    if "ref" not in _ROT_REF:
+        r0 = grader(vol, heatmaps=False)
+        _ROT_REF["ref"] = (r0, grader.crops(vol, r0.localisation))
+    ref, ref_crops = _ROT_REF["ref"]
+    r = Rotation.from_euler(axis, 15.0, degrees=True).as_matrix()
     c = vol.center_world()
     m = np.eye(4)
     m[:3, :3], m[:3, 3] = r, c - r @ c
     rot = vol.with_array(vol.array, m @ vol.affine)
     res = grader(rot, heatmaps=False)
+    crops = grader.crops(rot, res.localisation)
     for side in ("left", "right"):
-        # the issue's stress criterion: at most one step, the same 3-category result (measured end to end
-        # the joint-frame crops correlate only 0.3-0.7, because the box moves 0.4-4.6 mm; see the README)
-        assert abs(res.joints[side].grade - ref.joints[side].grade) <= 1, side
-        assert res.joints[side].category3 == ref.joints[side].category3, side
+        a = GR.normalise(ref_crops[side], grader.spec.window_hu).ravel()
+        b = GR.normalise(crops[side], grader.spec.window_hu).ravel()
+        assert np.corrcoef(a, b)[0, 1] >= 0.95, (side, np.corrcoef(a, b)[0, 1])
+        assert res.joints[side].grade == ref.joints[side].grade, side
         moved = r @ (ref.joints[side].box.center_lps_mm - c) + c
-        assert np.linalg.norm(res.joints[side].box.center_lps_mm - moved) < 6.0, side
+        assert np.linalg.norm(res.joints[side].box.center_lps_mm - moved) < 1.0, side
+        turned = np.einsum("ij,ij->i", ref.joints[side].box.axes_lps @ r.T, res.joints[side].box.axes_lps)
+        assert np.degrees(np.arccos(np.clip(turned, -1, 1))).max() < 1.5, side
 
 
 def _stored_differently(vol, perm, flip):
