@@ -60,7 +60,7 @@ stage segmenter
 # grading DenseNet on crops in the joint's own frame, from that segmentation; val split for early stopping and temperature
 $S train --data "$W/data/DATA.csv" --out "$W/sij-densenet-demo" --segmenter "$W/pelvis-unet-demo" \
    --name sij-densenet-demo --epochs "$EPOCHS" --patience "$PATIENCE" --size "$CROP_SIZE" --spacing "$CROP_SPACING" \
-   --frame joint --config "$CONFIG"
+   --frame joint --config "$CONFIG" --model-version "${MODEL_VERSION:-0.3.0}"
 stage grader
 # held-out subjects: segmentation Dice (seen subjects apart), grading metrics, stress sweep, model card
 $S evaluate-segmenter --data "$W/data/DATA.csv" --segmenter "$W/pelvis-unet-demo" --split test,train --limit 8 \
