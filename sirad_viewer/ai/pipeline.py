@@ -396,7 +396,8 @@ class Grader:
         if loc.sacrum_limit is not None and hasattr(seg, "limit_sacrum"):
             seg.limit_sacrum(*loc.sacrum_limit)  # lumbar bone the segmenter took for sacrum
         check_pelvis(seg.coarse_labels, seg.affine, src)
-        loc = refine_joints(volume, loc)  # the joint frame to sub-millimetre, from the CT at full resolution
+        if self.spec.refine_frame:  # bundles trained on it: the joint frame to sub-millimetre, from the CT itself
+            loc = refine_joints(volume, loc)
         warnings += loc.warnings
         timings["localise"] = time.perf_counter() - t
 

@@ -114,7 +114,7 @@ def _cache_key(row: Row, spec: GR.CropSpec, seg_sha: str) -> str:
     st = row.image.stat() if row.image.exists() else None
     h = hashlib.sha256(json.dumps([str(row.image.resolve()), st.st_size if st else 0, st.st_mtime_ns if st else 0,
                                    spec.spacing_mm.tolist(), spec.size.tolist(), spec.mirror_left, spec.joint_frame, PAD,
-                                   seg_sha, LOCALISATION_VERSION]).encode())
+                                   seg_sha, LOCALISATION_VERSION, spec.refine_frame]).encode())
     return h.hexdigest()[:24]
 
 
@@ -140,7 +140,9 @@ def prepare_crops(rows: Sequence[Row], grader, cache_dir: Path, *, progress: boo
                 seg = grader.segment(vol, warns)
                 from sirad_viewer.ai.localise import localise, refine_joints
 
-                loc = refine_joints(vol, localise(seg.coarse_labels, seg.affine))
+                loc = localise(seg.coarse_labels, seg.affine)
+                if grader.spec.refine_frame:
+                    loc = refine_joints(vol, loc)
                 crops = grader.crops(vol, loc, pad=PAD)  # in the joint's frame when the spec says so
                 np.savez(f, left=crops["left"].astype(np.float32), right=crops["right"].astype(np.float32))
         except SiradError as exc:
@@ -234,7 +236,7 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
     meta: dict[str, Any] = {
         "name": name, "version": version, "task": "grading", "architecture": arch,
         "input": {"spacing_mm": [spacing_mm] * 3, "size": [size] * 3, "intensity_window_hu": list(window_hu),
-                  "mirror_left": True, "frame": frame,
+                  "mirror_left": True, "frame": frame, "refine_frame": frame == "joint",
                   "orientation": ("the joint box's axes (slice: the joint's long axis, superior; row: anteroposterior, "
                                   "posterior; column: the joint normal, medial), centred on the joint" if frame == "joint"
                                   else "canonical LPS axes (slice superior, row posterior, column patient left), "
