@@ -7,7 +7,9 @@
 # Measured for the shipped bundles (0.2.0) on two shared CPU cores, 2026-11-28: atlas phantoms 15 min
 # (180 cases, in two runs of 100 and 80), analytic phantoms ~3 min (alongside), segmenter 12.0 min
 # (800 steps), grader 7.8 min (crops of 180 cases + 49 epochs, early stop), evaluation ~8 min:
-# about 45 minutes in all.
+# about 45 minutes in all. A 0.3.0 grader attempt (refined joint frame, stress augmentation, 60 epochs) took
+# about 75 min on the same cores under a load of 7-10 (crops of 180 cases 28 min, epochs 40-75 s each) and was
+# not shipped (worse on held-out subjects; see the README).
 #
 # Options (environment variables):
 #   ANATOMY=atlas|analytic   grader phantoms (default atlas: real bone surfaces, split by subject;
