@@ -20,7 +20,10 @@ SEG=${SEG:-models/pelvis-unet-demo}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$W"
 # fresh phantoms of the validation subjects only (val_fraction 1): new poses, scanners and lesions
+# (kept when WORKDIR/cal/DATA.csv exists: a rerun after a retrain reuses them)
+[ -f "$W/cal/DATA.csv" ] || \
 $PY -c "from sirad_viewer.phantom.atlas_dataset import make_atlas_dataset as m; m('$W/cal', $CAL_N, seed=99, val_fraction=1.0, test_fraction=0.0, max_voxels=8_000_000)"
+# temperature (NLL) and the OOD threshold (conformal rank of cross-fitted Mahalanobis scores) on >= 100 validation joints
 $S calibrate "$B" "$D/DATA.csv" "$W/cal/DATA.csv" --split val --segmenter "$SEG" --cache "$W/cache"
 $S evaluate --data "$D/DATA.csv" --bundle "$B" --segmenter "$SEG" --split test --out "$W/eval-test" --cache "$W/cache"
 $S grade resources/demo/example_ct.nii.gz --bundle "$B" --segmenter "$SEG" --json "$W/demo-ct.json" || true

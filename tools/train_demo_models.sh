@@ -10,6 +10,9 @@
 # about 45 minutes in all. The segmenter 0.3.0 was then continued from 0.2.0 for 600 steps on this script's
 # 180-phantom train split plus the analytic phantoms (SEG_STEPS2=600: 28 min on two heavily shared cores,
 # ~2.8 s per step) and averaged with 0.2.0 (SEG_AVERAGE=0.5); its held-out / seen Dice: README.
+# A 0.3.0 grader attempt (refined joint frame, stress augmentation, 60 epochs) took
+# about 75 min on the same cores under a load of 7-10 (crops of 180 cases 28 min, epochs 40-75 s each) and was
+# not shipped (worse on held-out subjects; see the README).
 #
 # Options (environment variables):
 #   ANATOMY=atlas|analytic   grader phantoms (default atlas: real bone surfaces, split by subject;
@@ -70,7 +73,7 @@ stage segmenter
 # grading DenseNet on crops in the joint's own frame, from that segmentation; val split for early stopping and temperature
 $S train --data "$W/data/DATA.csv" --out "$W/sij-densenet-demo" --segmenter "$W/pelvis-unet-demo" \
    --name sij-densenet-demo --epochs "$EPOCHS" --patience "$PATIENCE" --size "$CROP_SIZE" --spacing "$CROP_SPACING" \
-   --frame joint --config "$CONFIG"
+   --frame joint --config "$CONFIG" --model-version "${MODEL_VERSION:-0.3.0}"
 stage grader
 # held-out subjects: segmentation Dice (seen subjects apart), grading metrics, stress sweep, model card
 $S evaluate-segmenter --data "$W/data/DATA.csv" --segmenter "$W/pelvis-unet-demo" --split test,train --limit 8 \

@@ -136,11 +136,13 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, min_joints: int =
 def _cache_file(cache_dir: Path, grader, image: Path) -> Path:
     import hashlib
 
+    from sirad_viewer.ai.localise import LOCALISATION_VERSION
+
     st = image.stat() if image.exists() else None
     seg = grader.segmenter.metadata["weights"]["sha256"] if grader.segmenter is not None else "classical"
     key = json.dumps([str(image.resolve()), st.st_size if st else 0, st.st_mtime_ns if st else 0,
                       grader.bundle.metadata["weights"]["sha256"], seg, grader.spec.spacing_mm.tolist(),
-                      grader.spec.size.tolist()])
+                      grader.spec.size.tolist(), LOCALISATION_VERSION, grader.spec.refine_frame])
     return cache_dir / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
 
 

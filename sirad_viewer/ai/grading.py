@@ -35,6 +35,7 @@ class CropSpec:
     window_hu: tuple[float, float]
     mirror_left: bool
     joint_frame: bool = False  # crops along the joint box's axes (True) or the world's (False)
+    refine_frame: bool = False  # the box re-fitted to the joint space on the CT (localise.refine_joints) first
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> "CropSpec":
@@ -44,7 +45,7 @@ class CropSpec:
             raise ValueError(f"unknown crop frame {frame!r} in the bundle metadata; expected 'world' or 'joint'")
         return cls(np.asarray(inp["spacing_mm"], float), np.asarray(inp["size"], int),
                    (float(inp["intensity_window_hu"][0]), float(inp["intensity_window_hu"][1])), bool(inp["mirror_left"]),
-                   frame == "joint")
+                   frame == "joint", frame == "joint" and bool(inp.get("refine_frame", False)))
 
     def directions(self, side: str, axes: np.ndarray | None = None) -> np.ndarray:
         """(3, 3) LPS unit vectors of the crop's array axes (rows), mirror included.

@@ -29,6 +29,7 @@ contains it.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +38,11 @@ import numpy as np
 from sirad_viewer.errors import SiradError
 from sirad_viewer.imaging import geometry as geo
 
+log = logging.getLogger(__name__)
 SACRUM, LEFT_ILIUM, RIGHT_ILIUM = 1, 2, 3
 SIDES = {"left": LEFT_ILIUM, "right": RIGHT_ILIUM}
+# bumped whenever the boxes a CT gets change (caches of crops and logits are keyed by it)
+LOCALISATION_VERSION = "2-refined"
 
 
 class LocalisationError(SiradError):
@@ -217,3 +221,177 @@ def localise(labels: np.ndarray, affine: np.ndarray, *, contact_mm: float = 5.0,
         ext[2] = max(ext[2], 20.0)
         joints[side] = JointBox(side, centre, axes, ext, len(p))
     return Localisation(joints, (sup, inf), warnings, (limit_point, up))
+
+
+# --- sub-millimetre joint frame from the CT itself ----------------------------------------------
+
+
+def _frame_samples(volume, centre: np.ndarray, axes: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray
+                   ) -> np.ndarray:
+    """CT values (HU, float32) at ``centre + u*axes[0] + v*axes[1] + w*axes[2]``, shape (len(u), len(v), len(w))."""
+    from scipy import ndimage
+
+    pts = (centre + u[:, None, None, None] * axes[0] + v[None, :, None, None] * axes[1]
+           + w[None, None, :, None] * axes[2])
+    idx = volume.world_to_index(pts.reshape(-1, 3))
+    shape = np.asarray(volume.shape)
+    lo = np.clip(np.floor(idx.min(axis=0)).astype(int) - 1, 0, shape)
+    hi = np.clip(np.ceil(idx.max(axis=0)).astype(int) + 2, 0, shape)
+    block = volume.array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    if block.size == 0:
+        return np.full(pts.shape[:-1], -1024.0, np.float32)
+    out = ndimage.map_coordinates(np.asarray(block, np.float32), (idx - lo).T, order=1, mode="constant",
+                                  cval=-1024.0, prefilter=False, output=np.float32)
+    return out.reshape(pts.shape[:-1])
+
+
+def _gap_points(prof: np.ndarray, w: np.ndarray, *, search_mm: float, cortex_mm: float, min_depth_hu: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of ``prof`` (U, V, W): the joint gap's position along ``w`` and its depth (0 where none).
+
+    The gap is the darkest point within ``search_mm`` of the current plane that has bright bone
+    (a cortex) within ``cortex_mm`` on both sides; its depth is how much darker it is than the
+    dimmer of the two cortices. The position is refined to sub-sample precision by a parabola.
+    """
+    dw = float(w[1] - w[0])
+    k = max(1, int(round(cortex_mm / dw)))
+    n = prof.shape[-1]
+    from scipy import ndimage
+
+    # brightest value within k samples strictly before / after each sample
+    left = ndimage.maximum_filter1d(prof, size=k, axis=-1, origin=(k - 1) // 2, mode="nearest")
+    left = np.concatenate([np.full(prof.shape[:-1] + (1,), -1024.0, np.float32), left[..., :-1]], axis=-1)
+    right = ndimage.maximum_filter1d(prof[..., ::-1], size=k, axis=-1, origin=(k - 1) // 2, mode="nearest")
+    right = np.concatenate([np.full(prof.shape[:-1] + (1,), -1024.0, np.float32), right[..., :-1]], axis=-1)[..., ::-1]
+    depth = np.minimum(left, right) - prof
+    depth[..., np.abs(w) > search_mm] = -np.inf
+    depth[..., :k] = -np.inf
+    depth[..., n - k:] = -np.inf
+    j = np.argmax(depth, axis=-1)
+    best = np.take_along_axis(depth, j[..., None], -1)[..., 0]
+    jj = np.clip(j, 1, n - 2)
+    a = np.take_along_axis(prof, (jj - 1)[..., None], -1)[..., 0]
+    b = np.take_along_axis(prof, jj[..., None], -1)[..., 0]
+    c = np.take_along_axis(prof, (jj + 1)[..., None], -1)[..., 0]
+    curv = a - 2 * b + c
+    frac = np.where(curv > 1e-3, 0.5 * (a - c) / np.maximum(curv, 1e-3), 0.0)
+    pos = w[0] + (jj + np.clip(frac, -0.5, 0.5)) * dw
+    weight = np.where(np.isfinite(best) & (best >= min_depth_hu), best, 0.0)
+    return pos, weight
+
+
+def _huber_plane(X: np.ndarray, y: np.ndarray, weights: np.ndarray, *, k: float = 1.345, iterations: int = 20
+                 ) -> tuple[np.ndarray | None, float]:
+    """Plane ``y = a + X @ b`` by iteratively reweighted least squares with Huber weights; (a, b...), scale.
+
+    Written here rather than scikit-learn's ``HuberRegressor`` because importing scikit-learn
+    costs about a second of the grader's cold start; this is the textbook IRLS (scale from the
+    median absolute deviation), a dozen lines.
+    """
+    A = np.column_stack([np.ones(len(X)), X])
+    w = np.asarray(weights, float)
+    coef, scale = None, 1.0
+    for _ in range(iterations):
+        sw = np.sqrt(w)
+        try:
+            new, *_ = np.linalg.lstsq(A * sw[:, None], y * sw, rcond=None)
+        except np.linalg.LinAlgError:
+            return None, scale
+        r = y - A @ new
+        scale = max(1.4826 * float(np.median(np.abs(r))), 0.05)
+        w = weights * np.minimum(1.0, k * scale / np.maximum(np.abs(r), 1e-9))
+        if coef is not None and np.max(np.abs(new - coef)) < 1e-4:
+            coef = new
+            break
+        coef = new
+    return coef, scale
+
+
+def refine_joint(volume, box: JointBox, *, half_mm: float = 40.0, step_mm: float = 1.5, search_mm: float = 8.0,
+                 iterations: int = 6, min_depth_hu: float = 200.0, min_points: int = 60) -> tuple[JointBox, str | None]:
+    """The joint box re-fitted to the joint space seen in the CT at full resolution.
+
+    The coarse box comes from a label map on a 4 mm grid: its centre and axes move by millimetres
+    and degrees when the same pelvis lies differently in the scanner, which is enough to change a
+    48^3 crop at 1.5 mm. Here the joint itself fixes the frame: along the box's normal, each column
+    through the auricular surface crosses two bright cortices with the dark joint space between
+    them (:func:`_gap_points`). A plane fitted robustly to those gap points (:func:`_huber_plane`,
+    weighted by the gap's contrast) gives the normal and the plane's position; the
+    centre is the weighted centroid of the gap points on it, and the long axis the principal axis
+    of those points (oriented superior as the coarse one). Repeated a few times on the new frame.
+
+    Returns the refined box and ``None``, or the coarse box and the reason it was kept (a joint
+    with too little visible joint space, e.g. ankylosed or at very low resolution).
+    """
+    from scipy import ndimage
+
+    centre = np.asarray(box.center_lps_mm, float).copy()
+    axes = np.asarray(box.axes_lps, float).copy()
+    g = np.arange(-half_mm, half_mm + 1e-6, step_mm)
+    w = np.arange(-search_mm - 4.0, search_mm + 4.0 + 1e-6, 0.5)
+    for _ in range(iterations):
+        prof = _frame_samples(volume, centre, axes, g, g, w)
+        prof = ndimage.gaussian_filter(prof, (1.0, 1.0, 0.8))
+        pos, weight = _gap_points(prof, w, search_mm=search_mm, cortex_mm=4.0, min_depth_hu=min_depth_hu)
+        uu, vv = np.meshgrid(g, g, indexing="ij")
+        # a round window: a square one would pull the surface's principal axis towards its own sides
+        ok = (weight > 0) & (uu ** 2 + vv ** 2 <= half_mm ** 2)
+        if int(ok.sum()) < min_points:
+            return box, (f"the {box.side} joint space is not visible over enough of the joint ({int(ok.sum())} of "
+                         f"{ok.size} columns); its box comes from the segmentation alone")
+        # one joint surface: the connected patch of gap points holding the most contrast (other
+        # dark lines between bright bone nearby, e.g. a vessel canal or the hip, fall away)
+        lab, n = ndimage.label(ok, structure=np.ones((3, 3)))
+        if n > 1:
+            sums = ndimage.sum(weight, lab, index=np.arange(1, n + 1))
+            ok = lab == (1 + int(np.argmax(sums)))
+        if int(ok.sum()) < min_points:
+            return box, (f"the {box.side} joint space is not visible over enough of the joint ({int(ok.sum())} "
+                         "columns); its box comes from the segmentation alone")
+        X = np.stack([uu[ok], vv[ok]], axis=1)
+        y, sw = pos[ok], weight[ok]
+        coef, scale = _huber_plane(X, y, sw)
+        if coef is None:
+            return box, f"the {box.side} joint plane could not be fitted; its box comes from the segmentation alone"
+        a0, bu, bv = coef
+        resid = np.abs(y - (a0 + X @ coef[1:]))
+        inl = resid <= max(1.5, 2.5 * scale)
+        if int(inl.sum()) < min_points:
+            return box, f"the {box.side} joint plane fits too few points; its box comes from the segmentation alone"
+        n_new = _unit(axes[2] - bu * axes[0] - bv * axes[1])
+        # weights that change smoothly with the image (a thresholded patch would jump a column at a
+        # time): the gap's contrast ramped from the threshold, tapered towards the round window's rim
+        q = X[inl]
+        r = np.hypot(q[:, 0], q[:, 1])
+        taper = np.clip((half_mm - r) / 10.0, 0.0, 1.0) ** 2
+        wts = np.clip((sw[inl] - min_depth_hu) / min_depth_hu, 0.0, 1.0) * taper + 1e-9
+        cq = (q * wts[:, None]).sum(0) / wts.sum()
+        # principal axis of the joint surface within its plane (weighted)
+        cov = np.cov((q - cq).T, aweights=wts)
+        evals, evecs = np.linalg.eigh(cov)
+        e = evecs[:, -1]
+        long_dir = e[0] * axes[0] + e[1] * axes[1]
+        p_c = centre + cq[0] * axes[0] + cq[1] * axes[1] + (a0 + bu * cq[0] + bv * cq[1]) * axes[2]
+        long = _unit(long_dir - (long_dir @ n_new) * n_new)
+        if long @ axes[0] < 0:
+            long = -long
+        ap = _unit(np.cross(n_new, long))
+        if ap @ axes[1] < 0:
+            ap = -ap
+        new_axes = np.stack([long, ap, n_new])
+        moved = float(np.linalg.norm(p_c - centre))
+        turned = float(np.degrees(np.arccos(np.clip(np.min(np.sum(new_axes * axes, axis=1)), -1.0, 1.0))))
+        centre, axes = p_c, new_axes
+        if moved < 0.05 and turned < 0.05:
+            break
+    return JointBox(box.side, centre, axes, box.size_mm.copy(), box.contact_voxels), None
+
+
+def refine_joints(volume, loc: Localisation) -> Localisation:
+    """``loc`` with each joint box re-fitted to the CT at full resolution (:func:`refine_joint`)."""
+    joints, warns = {}, list(loc.warnings)
+    for side, box in loc.joints.items():
+        joints[side], why = refine_joint(volume, box)
+        if why:
+            warns.append(why)
+    return Localisation(joints, loc.sacral_axis, warns, loc.sacrum_limit)

@@ -9,9 +9,11 @@ is the Mahalanobis distance of those features to one Gaussian fitted on in-distr
 be fitted on 20 joints in 72 dimensions). The covariance is shrunk with scikit-learn's
 Ledoit-Wolf estimator because the number of joints is of the order of the feature dimension.
 
-The threshold is the 95th percentile of *cross-fitted* scores (each patient's joints scored by a
-Gaussian fitted without that patient, GroupKFold), so that about 95% of new in-distribution joints
-pass; an in-sample percentile would be too low and flag far more than 5%.
+The threshold is the split-conformal 95% quantile (rank ceil((n+1) 0.95), :func:`conformal_threshold`)
+of *cross-fitted* scores (each patient's joints scored by a Gaussian fitted without that patient,
+GroupKFold), so that at least 95% of new in-distribution joints pass; an in-sample percentile would
+be too low and flag far more than 5%, and even the plain cross-fitted percentile passes only about
+95% - 1/n.
 
 The statistics live in the bundle's ``metadata.json`` under ``"ood"`` and are checked when read.
 """
@@ -109,6 +111,22 @@ def _fit_gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lw.location_, lw.precision_
 
 
+def conformal_threshold(scores: np.ndarray, quantile: float = 0.95) -> float:
+    """The split-conformal threshold: the ceil((n+1) q)-th smallest of ``n`` held-out scores.
+
+    A new joint exchangeable with the ``n`` scored ones then passes with probability at least
+    ``q`` (Vovk et al.; Angelopoulos & Bates 2021), where the plain empirical ``q``-quantile
+    passes only about ``q - 1/n`` of them (the 0.2.0 bundle: 95th percentile of 118 scores, 6.7%
+    of held-out joints flagged). With too few scores for that rank the largest one is used.
+    """
+    s = np.sort(np.asarray(scores, float))
+    n = len(s)
+    if n == 0:
+        raise ValueError("a conformal threshold needs at least one score")
+    k = int(np.ceil((n + 1) * float(quantile)))
+    return float(s[min(k, n) - 1])
+
+
 def fit_ood(features: np.ndarray, groups: Sequence[Any], *, quantile: float = 0.95, n_splits: int = 5,
             fit_sites: Sequence[str] = ()) -> tuple[OODModel, np.ndarray]:
     """Fit the Gaussian on all ``features`` (N, F); the threshold from cross-fitted scores.
@@ -132,7 +150,7 @@ def fit_ood(features: np.ndarray, groups: Sequence[Any], *, quantile: float = 0.
         oof[te] = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, prec, d), 0.0))
     mu, prec = _fit_gaussian(x)
     prec = (prec + prec.T) / 2.0
-    thr = float(np.quantile(oof, quantile))
+    thr = conformal_threshold(oof, quantile)
     return OODModel(mu, prec, thr, quantile, len(x), tuple(fit_sites)), oof
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from sirad_viewer.ai import grading as GR
 from sirad_viewer.ai.bundle import BundleError, ModelBundle, discover_bundles
-from sirad_viewer.ai.localise import JointBox, Localisation, LocalisationError, localise
+from sirad_viewer.ai.localise import JointBox, Localisation, LocalisationError, localise, refine_joints
 from sirad_viewer.ai.ood import NOT_RELIABLE, forward_with_features, ood_from_bundle
 from sirad_viewer.errors import CancelledError, SiradError
 from sirad_viewer.imaging.volume import Volume
@@ -408,6 +408,8 @@ class Grader:
         if loc.sacrum_limit is not None and hasattr(seg, "limit_sacrum"):
             seg.limit_sacrum(*loc.sacrum_limit)  # lumbar bone the segmenter took for sacrum
         check_pelvis(seg.coarse_labels, seg.affine, src)
+        if self.spec.refine_frame:  # bundles trained on it: the joint frame to sub-millimetre, from the CT itself
+            loc = refine_joints(volume, loc)
         warnings += loc.warnings
         timings["localise"] = time.perf_counter() - t
 

@@ -5,8 +5,8 @@ folder or zip), ``left`` and ``right`` (grades 0-4; empty when a side cannot be 
 ``site``, ``split`` (train / val / test). Nothing here knows about phantoms: each CT goes through
 the same segmentation and localisation as ``sirad grade``, and the joint crops are cached.
 
-Training: class-weighted cross-entropy, AdamW with a cosine learning-rate schedule, augmentation (shifts of the crop within a margin,
-extra blur, intensity gain/offset, noise), early stopping on the validation loss, a checkpoint after every
+Training: class-weighted cross-entropy, AdamW with a cosine learning-rate schedule, per-sample augmentation
+with the stress sweep's nuisances (:data:`AUG`: blur, slice thickness, rotation and shift, HU offset and gain, noise), early stopping on the validation loss, a checkpoint after every
 epoch (``--resume`` continues from it), a bundle, then the post-hoc temperature and OOD fit of
 :mod:`sirad_viewer.ai.calibration` on the validation split (kept out when that split is too small), and a
 bundle written with its metrics.
@@ -27,10 +27,11 @@ import numpy as np
 
 from sirad_viewer.ai import grading as GR
 from sirad_viewer.ai.bundle import ModelBundle, build_network, save_bundle
+from sirad_viewer.ai.localise import LOCALISATION_VERSION
 from sirad_viewer.errors import SiradError
 
 log = logging.getLogger(__name__)
-PAD = 4  # voxels of margin around each cached crop for shift augmentation
+PAD = 8  # voxels of margin around each cached crop for shift and rotation augmentation
 
 
 class DataError(SiradError):
@@ -113,7 +114,7 @@ def _cache_key(row: Row, spec: GR.CropSpec, seg_sha: str) -> str:
     st = row.image.stat() if row.image.exists() else None
     h = hashlib.sha256(json.dumps([str(row.image.resolve()), st.st_size if st else 0, st.st_mtime_ns if st else 0,
                                    spec.spacing_mm.tolist(), spec.size.tolist(), spec.mirror_left, spec.joint_frame, PAD,
-                                   seg_sha]).encode())
+                                   seg_sha, LOCALISATION_VERSION, spec.refine_frame]).encode())
     return h.hexdigest()[:24]
 
 
@@ -137,9 +138,11 @@ def prepare_crops(rows: Sequence[Row], grader, cache_dir: Path, *, progress: boo
                 vol = open_volume(row.image)
                 warns: list[str] = []
                 seg = grader.segment(vol, warns)
-                from sirad_viewer.ai.localise import localise
+                from sirad_viewer.ai.localise import localise, refine_joints
 
                 loc = localise(seg.coarse_labels, seg.affine)
+                if grader.spec.refine_frame:
+                    loc = refine_joints(vol, loc)
                 crops = grader.crops(vol, loc, pad=PAD)  # in the joint's frame when the spec says so
                 np.savez(f, left=crops["left"].astype(np.float32), right=crops["right"].astype(np.float32))
         except SiradError as exc:
@@ -155,23 +158,56 @@ def prepare_crops(rows: Sequence[Row], grader, cache_dir: Path, *, progress: boo
     return items, problems
 
 
+# Per-sample nuisances of the stress sweep (issue #10 item 5), each drawn independently of the grade:
+# a softer kernel (extra blur 0-2 mm FWHM), thicker slices (up to 3 mm along the crop's long axis,
+# which is near the scanner's z axis), a pose and frame error (rotation up to +-15 degrees about a
+# random axis, a shift of up to 2 voxels), a HU offset of +-60 and a gain, and extra noise (up to
+# twice a typical phantom's level).
+AUG = {"blur_fwhm_mm": (0.0, 2.0), "slice_mm": (0.0, 3.0), "rotation_deg": 15.0, "shift_voxels": 2,
+       "hu_offset": 60.0, "gain": (0.92, 1.08), "noise_hu": (0.0, 40.0)}
+
+
+def _augment(c: np.ndarray, rng, spec) -> np.ndarray:
+    """One augmented crop of ``spec.size`` from a cached crop with a margin of PAD voxels (HU)."""
+    from scipy import ndimage
+    from scipy.spatial.transform import Rotation
+
+    s = np.asarray(spec.size)
+    sp = float(spec.spacing_mm[0])
+    shift = rng.integers(-AUG["shift_voxels"], AUG["shift_voxels"] + 1, size=3)
+    if rng.random() < 0.7:
+        axis = rng.normal(size=3)
+        axis /= np.linalg.norm(axis)
+        m = Rotation.from_rotvec(axis * np.radians(rng.uniform(-1, 1) * AUG["rotation_deg"])).as_matrix()
+        ctr_out = (s - 1) / 2.0
+        ctr_in = (np.asarray(c.shape) - 1) / 2.0 + shift
+        x = ndimage.affine_transform(c, m, offset=ctr_in - m @ ctr_out, output_shape=tuple(s), order=1,
+                                     mode="nearest", prefilter=False).astype(np.float32)
+    else:
+        o = PAD + shift
+        x = c[o[0]:o[0] + s[0], o[1]:o[1] + s[1], o[2]:o[2] + s[2]].astype(np.float32)
+    sig = np.zeros(3)
+    if rng.random() < 0.6:
+        sig += rng.uniform(*AUG["blur_fwhm_mm"]) / 2.355 / sp
+    if rng.random() < 0.5:
+        sig[0] = np.hypot(sig[0], rng.uniform(*AUG["slice_mm"]) / 2.355 / sp)
+    if sig.max() > 0.05:
+        x = ndimage.gaussian_filter(x, sig)
+    x = x * rng.uniform(*AUG["gain"]) + rng.uniform(-1, 1) * AUG["hu_offset"]
+    if rng.random() < 0.6:
+        x = x + rng.normal(0, rng.uniform(*AUG["noise_hu"]), x.shape).astype(np.float32)
+    return x
+
+
 def _batch(items, idx, rng, spec, *, augment: bool):
     s = spec.size
     out = np.empty((len(idx), 1, *s), np.float32)
     for k, i in enumerate(idx):
         c = items[i]["crop"]
         if augment:
-            o = rng.integers(0, 2 * PAD + 1, size=3)
+            x = _augment(c, rng, spec)
         else:
-            o = np.full(3, PAD)
-        x = c[o[0]:o[0] + s[0], o[1]:o[1] + s[1], o[2]:o[2] + s[2]]
-        if augment:
-            if rng.random() < 0.5:  # a softer kernel must not change the grade: up to ~1.8 mm FWHM extra blur
-                from scipy import ndimage
-
-                x = ndimage.gaussian_filter(x, float(rng.uniform(0.1, 0.75)) * 1.25 / float(spec.spacing_mm[0]))
-            x = x * rng.uniform(0.92, 1.08) + rng.uniform(-60, 60)
-            x = x + rng.normal(0, rng.uniform(0, 30), x.shape).astype(np.float32)
+            x = c[PAD:PAD + s[0], PAD:PAD + s[1], PAD:PAD + s[2]]
         out[k, 0] = GR.normalise(x, spec.window_hu)
     return out
 
@@ -200,7 +236,7 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
     meta: dict[str, Any] = {
         "name": name, "version": version, "task": "grading", "architecture": arch,
         "input": {"spacing_mm": [spacing_mm] * 3, "size": [size] * 3, "intensity_window_hu": list(window_hu),
-                  "mirror_left": True, "frame": frame,
+                  "mirror_left": True, "frame": frame, "refine_frame": frame == "joint",
                   "orientation": ("the joint box's axes (slice: the joint's long axis, superior; row: anteroposterior, "
                                   "posterior; column: the joint normal, medial), centred on the joint" if frame == "joint"
                                   else "canonical LPS axes (slice superior, row posterior, column patient left), "
