@@ -247,6 +247,7 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
     # a temporary grader for segmentation + cropping with the new bundle's input spec
     grader = Grader.__new__(Grader)
     grader.segmenter, grader.device, grader._nets = segmenter, dev, {}
+    grader.external = None  # our segmentation bundle, not TotalSegmentator
     grader.spec = GR.CropSpec.from_metadata(meta)
     items, problems = prepare_crops(rows, grader, out_dir / "cache", progress=progress)
     for p in problems:
