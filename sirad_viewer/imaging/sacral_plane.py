@@ -135,7 +135,8 @@ def proposed_axis(result: Any) -> np.ndarray:
     """
     boxes = {s: result.joints[s].box for s in ("left", "right")}
     seg = getattr(result, "segmentation", None)
-    if seg is not None:
+    # a stored result (DICOM SEG on the CT grid) has no coarse label map with its affine: the sacral axis then
+    if seg is not None and getattr(seg, "coarse_labels", None) is not None and getattr(seg, "affine", None) is not None:
         try:
             return reading_plane_axis(seg.coarse_labels, seg.affine, boxes)
         except ValueError:
