@@ -49,6 +49,11 @@ def export_rows(store: StudyStore) -> list[dict[str, Any]]:
 
 def write_export(store: StudyStore, out: str | Path) -> Path:
     out = Path(out)
+    if out.suffix.lower() not in (".csv", ".json"):  # before: any other name silently got CSV
+        from sirad_viewer.errors import ExportError
+
+        raise ExportError(f"the export is written as CSV (.csv) or JSON (.json), not '{out.suffix or 'no extension'}'",
+                          code="export_format", path=out)
     rows = export_rows(store)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".json":

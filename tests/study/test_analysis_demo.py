@@ -85,3 +85,13 @@ def test_demo_writes_its_key_and_status_with_the_key_catches_tail_and_reader_del
         p = subprocess.run(cli + [str(d / "study.sqlite"), "--key", str(d / "coordinator.key")],
                            capture_output=True, text=True, timeout=120)
         assert p.returncode == 2 and "missing" in p.stderr + p.stdout, (attack, p.stdout, p.stderr)
+
+
+def test_export_to_a_name_that_is_neither_csv_nor_json_is_refused(demo):
+    # a coordinator typing --out results.txt got a CSV named .txt without a word; now: one line, exit 2, no file
+    out = demo / "results.txt"
+    p = subprocess.run([sys.executable, "-m", "sirad_viewer.cli", "study", "export", str(demo / "study.sqlite"),
+                        "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert "results.txt" in p.stderr and ".csv" in p.stderr and "Traceback" not in p.stderr
+    assert not out.exists()
