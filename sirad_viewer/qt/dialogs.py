@@ -30,9 +30,9 @@ DISCLAIMER = ("AI grades shown by this program come from demo weights trained on
 def show_error(parent: QtWidgets.QWidget | None, exc: BaseException) -> None:
     """The one place where exceptions become a message box (Slicer's tryWithErrorDisplay)."""
     text = exc.user_message() if isinstance(exc, SiradError) else f"{type(exc).__name__}: {exc}"
-    log.error(text)
     if parent is not None and getattr(parent.window(), "interactive", True) is False:
-        return  # a scripted run (--screenshot, make run): a modal box would wait forever for a click
+        return  # a scripted run (--screenshot, make run) prints the message itself; a modal box would wait forever
+    log.error(text)
     if parent is not None and parent.isVisible() and QtWidgets.QApplication.platformName() not in ("offscreen", "minimal"):
         QtWidgets.QMessageBox.warning(parent, "SIRAD Viewer", text)
 

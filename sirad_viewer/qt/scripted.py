@@ -77,7 +77,8 @@ def run(path: str | None = None, *, series: int | None = None, screenshot: str |
             return 2
         ok = win.wait_until_ready()
         if not ok:
-            print(f"could not load {path}: {win.info.toPlainText()}", file=sys.stderr)
+            msg = win.info.toPlainText().strip()
+            print(msg if str(path) in msg else f"could not load {path}: {msg}", file=sys.stderr)  # once, path once
             return 2
         if grades is not None:
             # scripted reading: the reader's grades (right, left), lock, then the revealed AI

@@ -40,3 +40,18 @@ def test_load_error_in_a_scripted_window_returns_without_a_modal_box(qapp, tmp_p
     finally:
         timer.stop()
         w.close()
+
+
+def test_a_scripted_run_on_a_missing_file_says_it_once(tmp_path):
+    # the error was printed twice (the log line and the run's own line), the second with the path twice
+    import os
+    import subprocess
+    import sys
+
+    missing = tmp_path / "no_such_ct.nii.gz"
+    p = subprocess.run([sys.executable, "-m", "sirad_viewer", str(missing), "--screenshot", str(tmp_path / "x.png")],
+                       capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert p.returncode == 2
+    err = p.stderr.strip()
+    assert err.count("no_such_ct.nii.gz") == 1 and "does not exist" in err, err
+    assert len(err.splitlines()) == 1, err
