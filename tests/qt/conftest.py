@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import contextlib
+import os
+
 import pytest
 
 
@@ -20,3 +23,32 @@ def phantom_nifti(tmp_path_factory, small_phantom):
     out = tmp_path_factory.mktemp("phantom")
     files = write_phantom(ph, out, fmt="nifti")
     return ph, files["ct"]
+
+
+@contextlib.contextmanager
+def module_window(qapp, tmp, path=None):
+    """A scripted main window (no 3D) with its own settings and reads log under ``tmp`` for a module-scoped
+    fixture (the autouse settings above are per test); opens ``path`` when given, restores the environment."""
+    from sirad_viewer.qt.app import MainWindow
+
+    old = {k: os.environ.get(k) for k in ("SIRAD_SETTINGS", "SIRAD_READS")}
+    (tmp / "settings.ini").write_text("[General]\nai_autorun=false\n")
+    os.environ["SIRAD_SETTINGS"] = str(tmp / "settings.ini")
+    os.environ["SIRAD_READS"] = str(tmp / "reads.jsonl")
+    w = MainWindow(interactive=False, with_3d=False)
+    try:
+        w.resize(1400, 900)
+        w.show()
+        if path is not None:
+            w.open_path(str(path))
+            assert w.wait_until_ready(mesh=False), w.info.toPlainText()
+            for _ in range(5):
+                qapp.processEvents()
+        yield w
+    finally:
+        w.close()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

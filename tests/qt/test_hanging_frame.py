@@ -6,11 +6,12 @@ both joints sat at the bottom edge of the oblique panel, cut off, until J/K.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.qt.conftest import module_window
 
 pytestmark = pytest.mark.qt
 
@@ -21,23 +22,8 @@ DEMO_JOINTS = {"left": [46.8, -90.6, 211.8], "right": [-47.7, -93.5, 211.5]}
 
 @pytest.fixture(scope="module")
 def win(qapp, tmp_path_factory):
-    from sirad_viewer.qt.app import MainWindow
-
-    tmp = tmp_path_factory.mktemp("hang")
-    old = {k: os.environ.get(k) for k in ("SIRAD_SETTINGS", "SIRAD_READS")}
-    (tmp / "settings.ini").write_text("[General]\nai_autorun=false\n")
-    os.environ["SIRAD_SETTINGS"] = str(tmp / "settings.ini")
-    os.environ["SIRAD_READS"] = str(tmp / "reads.jsonl")
-    w = MainWindow(interactive=False, with_3d=False)
-    w.resize(1400, 900)
-    w.show()
-    yield w
-    w.close()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with module_window(qapp, tmp_path_factory.mktemp("hang")) as w:
+        yield w
 
 
 def _open(win, qapp, path) -> None:

@@ -6,7 +6,6 @@ One window, loaded once with a phantom, serves the module (loading is the slow p
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -14,37 +13,22 @@ from PyQt6 import QtCore, QtGui
 
 from tests.qt.test_app import widget_grey
 
+from tests.qt.conftest import module_window
+
 pytestmark = pytest.mark.qt
 
 
 @pytest.fixture(scope="module")
 def win(qapp, tmp_path_factory, small_phantom):
     from sirad_viewer.phantom import write_phantom
-    from sirad_viewer.qt.app import MainWindow
 
     tmp = tmp_path_factory.mktemp("tools")
-    old = {k: os.environ.get(k) for k in ("SIRAD_SETTINGS", "SIRAD_READS")}
-    (tmp / "settings.ini").write_text("[General]\nai_autorun=false\n")
-    os.environ["SIRAD_SETTINGS"] = str(tmp / "settings.ini")
-    os.environ["SIRAD_READS"] = str(tmp / "reads.jsonl")
     ph = small_phantom(0, 3, seed=1)
     path = write_phantom(ph, tmp / "ph", fmt="nifti")["ct"]
-    w = MainWindow(interactive=False, with_3d=False)
-    w.resize(1400, 900)
-    w.show()
-    w.open_path(str(path))
-    assert w.wait_until_ready(mesh=False), w.info.toPlainText()
-    for _ in range(5):
-        qapp.processEvents()
-    w.phantom = ph
-    w.reads = tmp / "reads.jsonl"
-    yield w
-    w.close()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with module_window(qapp, tmp, path) as w:
+        w.phantom = ph
+        w.reads = tmp / "reads.jsonl"
+        yield w
 
 
 def wheel(view, pos: QtCore.QPointF, dy: int = 120, mods=QtCore.Qt.KeyboardModifier.NoModifier):

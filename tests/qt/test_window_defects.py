@@ -4,41 +4,23 @@ that the same tests run against the code before the fixes.
 """
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PyQt6 import QtCore, QtGui
 
+from tests.qt.conftest import module_window
+
 pytestmark = pytest.mark.qt
 
 
 @pytest.fixture(scope="module")
 def win(qapp, tmp_path_factory, phantom_nifti):
-    from sirad_viewer.qt.app import MainWindow
-
-    tmp = tmp_path_factory.mktemp("defects")
-    old = {k: os.environ.get(k) for k in ("SIRAD_SETTINGS", "SIRAD_READS")}
-    (tmp / "settings.ini").write_text("[General]\nai_autorun=false\n")
-    os.environ["SIRAD_SETTINGS"] = str(tmp / "settings.ini")
-    os.environ["SIRAD_READS"] = str(tmp / "reads.jsonl")
     ph, path = phantom_nifti
-    w = MainWindow(interactive=False, with_3d=False)
-    w.resize(1400, 900)
-    w.show()
-    w.open_path(str(path))
-    assert w.wait_until_ready(mesh=False), w.info.toPlainText()
-    for _ in range(5):
-        qapp.processEvents()
-    w.phantom = ph
-    yield w
-    w.close()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with module_window(qapp, tmp_path_factory.mktemp("defects"), path) as w:
+        w.phantom = ph
+        yield w
 
 
 def rgb(widget) -> np.ndarray:
