@@ -444,10 +444,7 @@ def read_reader_findings(ds: Any) -> dict[str, Any] | None:
         if group.ConceptNameCodeSequence[0].CodeValue != "126010":  # Imaging Measurements
             continue
         for mg in group.ContentSequence:
-            sub: list = []
-            _walk(mg.get("ContentSequence"), sub)
-            ident = next((str(i.TextValue) for i in sub if i.ValueType == "TEXT"
-                          and i.ConceptNameCodeSequence[0].CodeValue == "112039"), "")
+            sub, ident = _group_items(mg)
             names = {i.ConceptNameCodeSequence[0].CodeValue: i for i in sub if i.get("ConceptNameCodeSequence")}
             scoord = next((i for i in sub if i.ValueType == "SCOORD3D"), None)
             pts = None if scoord is None else np.asarray(scoord.GraphicData, float).reshape(-1, 3).tolist()
@@ -658,6 +655,15 @@ def write_reader_report(reading: dict, volume: Any, out_dir: str | Path) -> Path
 
 # --- reading a stored AI result back ----------------------------------------------------------
 
+def _group_items(mg: Any) -> tuple[list, str]:
+    """A measurement group's content items (flattened) and its Tracking Identifier (112039) text."""
+    sub: list = []
+    _walk(mg.get("ContentSequence"), sub)
+    ident = next((str(i.TextValue) for i in sub if i.ValueType == "TEXT"
+                  and i.ConceptNameCodeSequence[0].CodeValue == "112039"), "")
+    return sub, ident
+
+
 def _walk(items, out: list) -> None:
     for it in items or []:
         out.append(it)
@@ -689,10 +695,7 @@ def read_ai_report(ds: Any) -> dict[str, Any] | None:
         if name.CodeMeaning != "Imaging Measurements":
             continue
         for mg in group.ContentSequence:
-            sub: list = []
-            _walk(mg.get("ContentSequence"), sub)
-            ident = next((str(i.TextValue) for i in sub if i.ValueType == "TEXT"
-                          and i.ConceptNameCodeSequence[0].CodeValue == "112039"), "")
+            sub, ident = _group_items(mg)
             for i in sub:
                 cn = i.ConceptNameCodeSequence[0]
                 if cn.CodeValue == "111001":
