@@ -95,23 +95,27 @@ def _findings_html(reading: dict[str, Any] | None) -> list[str]:
                + "</tr>")
     out.append("<tr><td>grade the findings suggest (the reader's grade is above)</td>"
                + "".join(f"<td>{_grade(sg.get(s))}</td>" for s in ("right", "left")) + "</tr></table><ul>")
-    for it in ann.get("items", []):
-        k = it.get("kind")
-        if k == "ruler":
-            out.append(f"<li>distance {it['length_mm']:.1f} mm</li>")
-        elif k == "angle":
-            out.append(f"<li>angle {it['degrees']:.1f}°</li>")
-        elif k == "roi":
-            s = it.get("stats", {})
-            if s:
-                out.append(f"<li>ROI r {it['radius_mm']:.1f} mm: mean {s['mean']:.0f} HU, SD {s['sd']:.0f}, "
-                           f"min {s['min']:.0f}, max {s['max']:.0f}, n {int(s['n'])}</li>")
-        elif k == "lesion":
-            where = ", ".join(f"{v:.1f}" for v in it["points"][0])
-            out.append(f"<li>{e(it['side'])} SIJ: {e(it['lesion'])} ({'point' if len(it['points']) == 1 else 'region'} "
-                       f"at {where} mm LPS)</li>")
+    out += [f"<li>{e(line)}</li>" for line in map(_item_line, ann.get("items", [])) if line]
     out.append("</ul>")
     return out + keys
+
+
+def _item_line(it: dict[str, Any]) -> str:
+    """One reader's mark or measurement in words (the HTML and PDF reports); empty for an ROI without statistics."""
+    k = it.get("kind")
+    if k == "ruler":
+        return f"distance {it['length_mm']:.1f} mm"
+    if k == "angle":
+        return f"angle {it['degrees']:.1f}°"
+    if k == "roi" and it.get("stats"):
+        st = it["stats"]
+        return (f"ROI r {it['radius_mm']:.1f} mm: mean {st['mean']:.0f} HU, SD {st['sd']:.0f}, "
+                f"min {st['min']:.0f}, max {st['max']:.0f}, n {int(st['n'])}")
+    if k == "lesion":
+        where = ", ".join(f"{v:.1f}" for v in it["points"][0])
+        return (f"{it['side']} SIJ: {it['lesion']} ({'point' if len(it['points']) == 1 else 'region'} "
+                f"at {where} mm LPS)")
+    return ""
 
 
 def findings_text(reading: dict[str, Any] | None) -> list[str]:
@@ -127,20 +131,7 @@ def findings_text(reading: dict[str, Any] | None) -> list[str]:
     out = ["Reader's findings: " + "; ".join(f"{s} {', '.join(f.get(s, [])) or 'none'}" for s in ("right", "left")),
            f"Grade the findings suggest (the reader's grade is above): right {_grade(sg.get('right'))}, "
            f"left {_grade(sg.get('left'))}"]
-    for it in ann.get("items", []):
-        k = it.get("kind")
-        if k == "ruler":
-            out.append(f"  distance {it['length_mm']:.1f} mm")
-        elif k == "angle":
-            out.append(f"  angle {it['degrees']:.1f} deg")
-        elif k == "roi" and it.get("stats"):
-            st = it["stats"]
-            out.append(f"  ROI r {it['radius_mm']:.1f} mm: mean {st['mean']:.0f} HU, SD {st['sd']:.0f}, "
-                       f"min {st['min']:.0f}, max {st['max']:.0f}, n {int(st['n'])}")
-        elif k == "lesion":
-            where = ", ".join(f"{v:.1f}" for v in it["points"][0])
-            out.append(f"  {it['side']} SIJ: {it['lesion']} ({'point' if len(it['points']) == 1 else 'region'} "
-                       f"at {where} mm LPS)")
+    out += [f"  {line}" for line in map(_item_line, ann.get("items", [])) if line]
     return out
 
 

@@ -318,19 +318,8 @@ def test_key_image_and_findings_go_into_the_case_report(win):
 
 
 def test_prior_side_by_side_linked_in_patient_coordinates(win, qtbot):
-    from sirad_viewer.imaging.registration import RigidTransform
-
     st = win.state
-    cur = st.volume
-    t = np.deg2rad(5.0)
-    rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1.0]])
-    c = cur.center_world()
-    shift = np.array([10.0, -6.0, 4.0])
-    aff = np.eye(4)
-    aff[:3, :3] = rot @ cur.affine[:3, :3]
-    aff[:3, 3] = rot @ (cur.affine[:3, 3] - c) + c + shift
-    prior = cur.with_array(cur.array, aff)  # the same anatomy, moved: as a registration would find
-    tx = RigidTransform(rot, c + shift - rot @ c)
+    prior, tx = _moved_prior(win)  # the same anatomy, moved: as a registration would find
     cmp_ = win.reading_tools.prior
     cmp_.show(prior, tx)
     qtbot.wait(20)
