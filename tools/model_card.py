@@ -140,10 +140,17 @@ scaling: one parameter cannot overfit ~100 joints and never changes a grade (the
 and reliability diagrams are in the evaluation below."""
     text += "\n\n## Out-of-distribution check\n\n"
     if ood:
-        text += (f"Mahalanobis distance of the penultimate features ({ood['dim']} values) to one Gaussian with a "
-                 f"Ledoit-Wolf covariance, fitted on {ood['n_fit']} validation joints of {', '.join(ood['fit_sites'])}; "
-                 f"threshold **{ood['threshold']:.2f}**, the 95th percentile of patient-cross-fitted scores "
-                 f"(cross-fitted pass rate {ood.get('cross_fitted_pass_rate')}). Validation joints of other sites "
+        comps = ood.get("components") or [{"name": "penultimate", "dim": len(ood.get("mean", []))}]
+        views = {"crop_texture": ("texture statistics of the HU crop", ": steps and curvature at 1.5, 3 and 6 mm, "
+                                  "independent of the weights"), "penultimate": ("the grader's penultimate features", "")}
+        named = [f"{views.get(c['name'], (c['name'], ''))[0]} ({c['dim']} values{views.get(c['name'], ('', ''))[1]})"
+                 for c in comps]
+        text += (f"Per joint the Mahalanobis distance of {' and of '.join(named)} "
+                 f"to one Gaussian each (standardised, Ledoit-Wolf covariance), fitted on {ood['n_fit']} validation "
+                 f"joints of {', '.join(ood['fit_sites'])}; each distance is divided by its median cross-fitted "
+                 f"validation distance and the larger ratio is the score. Threshold **{ood['threshold']:.2f}**: the "
+                 f"split-conformal 95% rank of patient-cross-fitted scores (cross-fitted pass rate "
+                 f"{ood.get('cross_fitted_pass_rate')}). Validation joints of other sites "
                  f"flagged: {ood.get('other_sites_flag_rate')}. A flagged joint is shown as *unlike the training data — "
                  "not reliable* before its grade (panel, CLI, case report, study log). CTs that are not a pelvis at "
                  "all (no sacrum of at least 100 ml, no joint found) end with an error and no grade.")

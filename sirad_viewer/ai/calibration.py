@@ -9,8 +9,9 @@ chosen rows with the bundle as it is, then
   argmax, so calibrating never changes a grade the reader sees. The fit refuses a split that the
   network separates perfectly (the likelihood then only rises as the temperature falls, and the
   "fitted" value is wherever the bound is) and one with fewer than ``min_joints`` joints;
-* fits the **OOD** statistics (:mod:`sirad_viewer.ai.ood`) on the validation joints of the sites
-  the bundle was trained on (``training_data.sites``), its threshold passing 95% of them;
+* fits the **OOD** statistics (:mod:`sirad_viewer.ai.ood`: the crop's texture statistics and the
+  grader's penultimate features) on the validation joints of the sites the bundle was trained on
+  (``training_data.sites``), its threshold passing 95% of them;
 
 and writes both into ``metadata.json`` (the weights and their checksum do not change).
 
@@ -150,11 +151,12 @@ def collect_joints(grader, rows: Sequence[Any], *, progress: bool = True, cache_
                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Grade every row; returns (joints, failures).
 
-    joints: one dict per graded joint with image, side, site, split, truth, logits (raw), features and the
-    OOD check (with the grader's current statistics). failures: one dict per row that could not be
+    joints: one dict per graded joint with image, side, site, split, truth, logits (raw), features, texture
+    (the OOD inputs) and the OOD check (with the grader's current statistics). failures: one dict per row that could not be
     graded (image, site, split, truth per side, code, message), so that callers count them rather than
     drop them. ``cache_dir`` keeps each CT's raw logits and features (keyed by file, weights and crop
-    spec), so calibrating and evaluating the same rows grades each CT once.
+    spec), so calibrating and evaluating the same rows grades each CT once; a cached record without
+    texture statistics (written before they existed) is graded again.
     """
     from sirad_viewer.ai.train import Progress
     from sirad_viewer.io import open_volume
@@ -162,6 +164,7 @@ def collect_joints(grader, rows: Sequence[Any], *, progress: bool = True, cache_
     out: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     bar = Progress(len(rows), "grading") if progress else None
+    recording, grader.record_texture = grader.record_texture, True  # the OOD inputs, even while none are fitted
     cdir = Path(cache_dir) if cache_dir is not None else None
     if cdir is not None:
         cdir.mkdir(parents=True, exist_ok=True)
@@ -169,10 +172,13 @@ def collect_joints(grader, rows: Sequence[Any], *, progress: bool = True, cache_
         graded = {s: g for s, g in (("left", row.left), ("right", row.right)) if g is not None}
         cf = _cache_file(cdir, grader, Path(row.image)) if cdir is not None else None
         rec = json.loads(cf.read_text()) if cf is not None and cf.exists() else None
+        if rec is not None and "error" not in rec and any("texture" not in v for v in rec.values()):
+            rec = None
         if rec is None:
             try:
                 res = grader(open_volume(row.image), heatmaps=False)
-                rec = {s: {"logits": j.logits.tolist(), "features": j.features.tolist()} for s, j in res.joints.items()}
+                rec = {s: {"logits": j.logits.tolist(), "features": j.features.tolist(), "texture": j.texture.tolist()}
+                       for s, j in res.joints.items()}
             except SiradError as exc:
                 rec = {"error": {"code": exc.code, "message": exc.user_message()}}
             if cf is not None:
@@ -182,12 +188,15 @@ def collect_joints(grader, rows: Sequence[Any], *, progress: bool = True, cache_
                            **rec["error"]})
         else:
             for side, g in graded.items():
-                f = np.asarray(rec[side]["features"], float)
+                x = {"penultimate": np.asarray(rec[side]["features"], float),
+                     "crop_texture": np.asarray(rec[side]["texture"], float)}
                 out.append({"image": str(row.image), "side": side, "site": row.site, "split": row.split, "truth": int(g),
-                            "logits": np.asarray(rec[side]["logits"], float), "features": f,
-                            "ood": grader.ood.check(f)[0] if grader.ood is not None else None})
+                            "logits": np.asarray(rec[side]["logits"], float), "features": x["penultimate"],
+                            "texture": x["crop_texture"],
+                            "ood": grader.ood.check(x)[0] if grader.ood is not None else None})
         if bar:
             bar.update()
+    grader.record_texture = recording
     return out, failed
 
 
@@ -235,9 +244,12 @@ def calibrate_bundle(bundle_path: str | Path, data_csv: str | Path | Sequence[st
     if len(ind) < 10:
         raise CalibrationError(f"only {len(ind)} validation joints from the training site(s) {sites}; the OOD "
                                "statistics need at least 10 (pass --ood-sites or add rows of those sites)")
-    model, oof = fit_ood(np.stack([j["features"] for j in ind]), [j["image"] for j in ind], fit_sites=sites)
+    def inputs(js: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        return {"penultimate": np.stack([j["features"] for j in js]), "crop_texture": np.stack([j["texture"] for j in js])}
+
+    model, oof = fit_ood(inputs(ind), [j["image"] for j in ind], fit_sites=sites)
     other = [j for j in joints if sites and j["site"] not in sites]
-    other_flag = float(np.mean(model.score(np.stack([j["features"] for j in other])) > model.threshold)) if other else None
+    other_flag = float(np.mean(model.score(inputs(other)) > model.threshold)) if other else None
     cal = {"method": t_note or "temperature scaling (one parameter, NLL on the calibration split)",
            "fitted": not t_note,
            "temperature": round(t, 4), "split": split,
@@ -257,4 +269,6 @@ def calibrate_bundle(bundle_path: str | Path, data_csv: str | Path | Sequence[st
     say(f"temperature {t:.3f} on {len(y)} joints: ECE {before['ece']:.3f} -> {after['ece']:.3f}, "
         f"NLL {before['log_loss']:.3f} -> {after['log_loss']:.3f}; OOD threshold {model.threshold:.2f} "
         f"from {len(ind)} joints of {sites}")
-    return {"calibration": cal, "ood": {k: v for k, v in ood_meta.items() if k not in ("mean", "precision")}}
+    summary = {k: v for k, v in ood_meta.items() if k != "components"}
+    summary["components"] = [{k: v for k, v in c.items() if k not in ("mean", "precision")} for c in ood_meta["components"]]
+    return {"calibration": cal, "ood": summary}

@@ -22,7 +22,7 @@ import numpy as np
 from sirad_viewer.ai import grading as GR
 from sirad_viewer.ai.bundle import BundleError, ModelBundle, discover_bundles
 from sirad_viewer.ai.localise import JointBox, Localisation, LocalisationError, localise, refine_joints
-from sirad_viewer.ai.ood import NOT_RELIABLE, forward_with_features, ood_from_bundle
+from sirad_viewer.ai.ood import NOT_RELIABLE, crop_texture, forward_with_features, ood_from_bundle
 from sirad_viewer.errors import CancelledError, SiradError
 from sirad_viewer.imaging.volume import Volume
 
@@ -144,6 +144,7 @@ class JointResult:
     groups: list[list[int]]
     heatmap: GR.Heatmap | None = None
     features: np.ndarray | None = None  # penultimate features (for the OOD score)
+    texture: np.ndarray | None = None  # texture statistics of the crop (ood.crop_texture), when computed
     ood: dict[str, Any] | None = None  # {"score", "threshold", "flagged"}; None when the bundle has no OOD statistics
 
     @property
@@ -310,6 +311,7 @@ class Grader:
         self.groups = self.bundle.metadata.get("groups") or GR.DEFAULT_GROUPS
         self.temperature = float(self.bundle.metadata.get("calibration", {}).get("temperature", 1.0))
         self.ood = ood_from_bundle(self.bundle.metadata, path=self.bundle.path / "metadata.json")
+        self.record_texture = False  # crop texture statistics even without OOD statistics (sirad calibrate)
         self._nets: dict[tuple[str, str], Any] = {}
 
     def network(self, which: str, device: str):
@@ -419,11 +421,15 @@ class Grader:
 
         t = stage("grade")
         logits, feats = self.logits_and_features([crops["left"], crops["right"]], warnings)
-        checks = self.ood.check(feats) if self.ood is not None else [None, None]
+        need_texture = self.record_texture or (self.ood is not None and "crop_texture" in self.ood.inputs)
+        texture = crop_texture(np.stack([crops["left"], crops["right"]])) if need_texture else None
+        checks = (self.ood.check({"penultimate": feats, "crop_texture": texture}) if self.ood is not None
+                  else [None, None])
         joints = {}
         for k, side in enumerate(("left", "right")):
             joints[side] = JointResult(side, loc.joints[side], GR.softmax(logits[k], self.temperature), logits[k],
-                                       [list(g) for g in self.groups], features=feats[k], ood=checks[k])
+                                       [list(g) for g in self.groups], features=feats[k],
+                                       texture=None if texture is None else texture[k], ood=checks[k])
         if self.ood is None:
             warnings.append("this model bundle has no out-of-distribution statistics ('sirad calibrate' adds them); "
                             "nothing checks that this CT resembles its training data")

@@ -84,9 +84,10 @@ def test_calibrate_bundle_writes_temperature_and_ood_and_keeps_the_weights(tiny_
     logits, labels = _sampled(160, 1.8, seed=5)
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(160, 8))
+    texture = rng.normal(size=(160, 15))
     joints = [{"image": f"c{i // 2}", "side": ("left", "right")[i % 2], "site": "A" if i < 120 else "B",
-               "split": "val", "truth": int(labels[i]), "logits": logits[i], "features": feats[i], "ood": None}
-              for i in range(160)]
+               "split": "val", "truth": int(labels[i]), "logits": logits[i], "features": feats[i],
+               "texture": texture[i], "ood": None} for i in range(160)]
     failures = [{"image": "bad", "site": "A", "split": "val", "truth": {"left": 1}, "code": "not_a_pelvis",
                  "message": "bad: not a pelvis"}]
     monkeypatch.setattr(C, "collect_joints", lambda grader, rows, progress=True, cache_dir=None: (joints, failures))
@@ -103,7 +104,8 @@ def test_calibrate_bundle_writes_temperature_and_ood_and_keeps_the_weights(tiny_
     assert ood.n_fit == 120 and ood.fit_sites == ("A",)  # in distribution = the bundle's training site only
     assert res["ood"]["threshold"] == pytest.approx(ood.threshold)
     assert 0.9 <= res["ood"]["cross_fitted_pass_rate"] <= 0.96
-    assert json.loads((tiny_bundle.path / "metadata.json").read_text())["ood"]["dim"] == 8
+    comps = json.loads((tiny_bundle.path / "metadata.json").read_text())["ood"]["components"]
+    assert [(c["name"], c["dim"]) for c in comps] == [("penultimate", 8), ("crop_texture", 15)]
 
 
 def test_calibrate_refuses_a_split_the_network_separates_perfectly(tiny_bundle, tmp_path, monkeypatch):
@@ -111,7 +113,8 @@ def test_calibrate_refuses_a_split_the_network_separates_perfectly(tiny_bundle, 
 
     logits, _ = _sampled(120, 1.0)
     joints = [{"image": f"c{i // 2}", "side": "left", "site": "A", "split": "val", "truth": int(logits[i].argmax()),
-               "logits": logits[i], "features": np.random.default_rng(i).normal(size=4), "ood": None} for i in range(120)]
+               "logits": logits[i], "features": np.random.default_rng(i).normal(size=4),
+               "texture": np.random.default_rng(i).normal(size=15), "ood": None} for i in range(120)]
     monkeypatch.setattr(C, "collect_joints", lambda grader, rows, progress=True, cache_dir=None: (joints, []))
     csv = tmp_path / "DATA.csv"
     csv.write_text("image,left,right,site,split\nx.nii.gz,1,2,A,val\n")
