@@ -156,8 +156,9 @@ def collect_joints(grader, rows: Sequence[Any], *, progress: bool = True, cache_
     graded (image, site, split, truth per side, code, message), so that callers count them rather than
     drop them. ``cache_dir`` keeps each CT's raw logits and features (keyed by file, weights and crop
     spec), so calibrating and evaluating the same rows grades each CT once; a cached record without
-    texture statistics (written before they existed) is graded again.
+    texture statistics of the current :data:`~sirad_viewer.ai.ood.TEXTURE_VERSION` is graded again.
     """
+    from sirad_viewer.ai.ood import TEXTURE_VERSION
     from sirad_viewer.ai.train import Progress
     from sirad_viewer.io import open_volume
 
@@ -172,13 +173,14 @@ def collect_joints(grader, rows: Sequence[Any], *, progress: bool = True, cache_
         graded = {s: g for s, g in (("left", row.left), ("right", row.right)) if g is not None}
         cf = _cache_file(cdir, grader, Path(row.image)) if cdir is not None else None
         rec = json.loads(cf.read_text()) if cf is not None and cf.exists() else None
-        if rec is not None and "error" not in rec and any("texture" not in v for v in rec.values()):
-            rec = None
+        if rec is not None and "error" not in rec and any(v.get("texture_version") != TEXTURE_VERSION
+                                                          for v in rec.values()):
+            rec = None  # written before these texture statistics existed or with another definition of them
         if rec is None:
             try:
                 res = grader(open_volume(row.image), heatmaps=False)
-                rec = {s: {"logits": j.logits.tolist(), "features": j.features.tolist(), "texture": j.texture.tolist()}
-                       for s, j in res.joints.items()}
+                rec = {s: {"logits": j.logits.tolist(), "features": j.features.tolist(), "texture": j.texture.tolist(),
+                           "texture_version": TEXTURE_VERSION} for s, j in res.joints.items()}
             except SiradError as exc:
                 rec = {"error": {"code": exc.code, "message": exc.user_message()}}
             if cf is not None:
@@ -221,9 +223,10 @@ def calibrate_bundle(bundle_path: str | Path, data_csv: str | Path | Sequence[st
     if not rows:
         raise DataError(f"has no rows in split {split!r}", path=", ".join(str(c) for c in csvs))
     bundle = load_bundle(bundle_path)
+    # the statistics are about to be replaced: old ones (another version, another window) must not stop that
+    bundle.metadata.pop("ood", None)
     seg = find_bundle("segmentation", segmenter_path) if segmenter_path else None
-    grader = Grader(bundle, seg, device=device)
-    grader.ood = None  # score nothing while the statistics are being fitted
+    grader = Grader(bundle, seg, device=device)  # scores nothing while the statistics are being fitted
     joints, failed = collect_joints(grader, rows, progress=progress, cache_dir=cache_dir)
     for f in failed:
         say(f"not graded (counted, not used for fitting): {f['message']}")
@@ -247,7 +250,8 @@ def calibrate_bundle(bundle_path: str | Path, data_csv: str | Path | Sequence[st
     def inputs(js: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         return {"penultimate": np.stack([j["features"] for j in js]), "crop_texture": np.stack([j["texture"] for j in js])}
 
-    model, oof = fit_ood(inputs(ind), [j["image"] for j in ind], fit_sites=sites)
+    model, oof = fit_ood(inputs(ind), [j["image"] for j in ind], fit_sites=sites,
+                         texture_window_hu=GR.CropSpec.from_metadata(bundle.metadata).window_hu)
     other = [j for j in joints if sites and j["site"] not in sites]
     other_flag = float(np.mean(model.score(inputs(other)) > model.threshold)) if other else None
     cal = {"method": t_note or "temperature scaling (one parameter, NLL on the calibration split)",

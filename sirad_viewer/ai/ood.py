@@ -3,24 +3,28 @@
 A joint is scored twice, and each score asks a different question:
 
 * ``crop_texture`` -- *does the CT itself look like the training profile?* 15 statistics of the HU
-  crop that the grader sees (:func:`crop_texture`), independent of the grader's weights: at 1.5,
-  3 and 6 mm (block means of 1, 2 and 4 voxels) the mean absolute neighbour difference, the mean
-  absolute second difference, and the share of neighbour steps above 30, 100 and 300 HU. Why these:
-  the phantoms are piecewise-constant tissues with sharp cortex plus scanner noise, so their
-  steps are either noise (falling fast with block size) or sharp edges; real tissue varies
-  continuously at every scale (many moderate steps at 3-6 mm, few steep ones). Measured on the
-  0.2.0 bundle (102 validation joints, cross-fitted): the real demo CT scores 2.4-2.6 times the
-  threshold, its copy with added noise and a +40 HU offset 2.3-2.5 times, a 10/8-degree re-posed
-  copy 3.5 times; 1 of the 60 held-out-subject joints is flagged. HU levels (fat, muscle, cortex
-  medians) were tried and left out: a +40 HU offset moves them by less than the phantoms' own
-  spread. The statistics cost about 7 ms per case (two 48^3 crops) on one core.
+  crop that the grader sees (:func:`crop_texture`, clipped to the grader's intensity window),
+  independent of the grader's weights: at 1.5, 3 and 6 mm (block means of 1, 2 and 4 voxels) the
+  mean absolute neighbour difference, the mean absolute second difference, and the share of
+  neighbour steps above 30, 100 and 300 HU. Why these: the phantoms are piecewise-constant tissues
+  with sharp cortex plus scanner noise, so their steps are either noise (falling fast with block
+  size) or sharp edges; real tissue varies continuously at every scale (many moderate steps at
+  3-6 mm, few steep ones). Differences only: a constant HU offset changes none of them. Measured
+  on the 0.2.0 bundle (102 validation joints, cross-fitted threshold 1.81): the real demo CT scores
+  4.2 / 4.4, its copy with added noise and a +40 HU offset 4.2 / 4.4, a 10/8-degree re-posed copy
+  6.3 / 6.3; 1 of the 60 held-out-subject joints is flagged (and 8 of the 242 training-subject
+  joints). HU levels (fat, muscle, cortex medians) were tried and left out: a +40 HU offset moves
+  them by less than the phantoms' own spread. The statistics cost 5-13 ms per case (two 48^3
+  crops; idle to busy 2-core machine).
 * ``penultimate`` -- *does the grader recognise the joint?* The pooled features before the last
   linear layer (Lee et al., NeurIPS 2018). On the real CT the phantom-trained network is
   confidently wrong (P = 0.94 for one grade), so every score made from the logits alone (maximum
-  softmax, energy) calls it familiar; the features still say it is unusual, but only just (0.9-1.3
-  times its own threshold on the real CT and its copies). Pooled features after the earlier dense
-  blocks and the transition (Lee et al.'s multi-layer variant) were measured too and separated the
-  noisy copy no better (at most 1.12 times their threshold), so they are not used.
+  softmax, energy) calls it familiar; the features still say it is unusual, but only just (the
+  real CT 1.79 / 1.81, the noisy copy 1.49 / 1.52 against the same threshold). Pooled features
+  after the earlier dense blocks and the transition (Lee et al.'s multi-layer variant) were
+  measured too and separated the noisy copy no better (at most 1.12 times their own threshold),
+  so they are not used. This view stays because it depends on what the grader learnt: anatomy or
+  lesions the texture does not see.
 
 Each score is the Mahalanobis distance to one Gaussian fitted on in-distribution validation joints
 (one class-agnostic Gaussian: with about 100 joints, one covariance per grade would be fitted on 20
@@ -30,7 +34,8 @@ folded back into the stored precision. Each distance is divided by the median of
 cross-fitted validation distances, and the joint's score is the larger of the two ratios: a joint
 is flagged when *either* view finds it unusual, with no out-of-distribution data needed to weigh
 them (Lee et al.'s logistic combination needs such data; a sum lets a familiar view hide an unusual
-one: on the real CT the sum separated less, 1.8-2.7 times the threshold).
+one: on the real CT the sum separated less, 1.8-2.7 times its threshold against 2.2-3.3 for the
+maximum).
 
 The threshold is the split-conformal 95% quantile (rank ceil((n+1) 0.95), :func:`conformal_threshold`)
 of *cross-fitted* combined scores (each patient's joints scored by Gaussians fitted without that
@@ -61,6 +66,8 @@ NOT_RELIABLE = "unlike the training data \u2014 not reliable"
 #: block sizes (voxels of the crop grid) and HU steps of :func:`crop_texture`
 TEXTURE_SCALES = (1, 2, 4)
 TEXTURE_STEPS_HU = (30.0, 100.0, 300.0)
+#: changes whenever :func:`crop_texture` computes something else (cached statistics are then recomputed)
+TEXTURE_VERSION = "2-window-clipped"
 TEXTURE_NAMES = tuple(n for s in TEXTURE_SCALES for n in
                       [f"log_mean_abs_step_x{s}", f"log_mean_abs_curvature_x{s}"]
                       + [f"share_steps_over_{int(t)}hu_x{s}" for t in TEXTURE_STEPS_HU])
@@ -89,12 +96,18 @@ def forward_with_features(network, x):
     return network.class_layers.out(h), h
 
 
-def crop_texture(crops: np.ndarray) -> np.ndarray:
+def crop_texture(crops: np.ndarray, window_hu: Sequence[float]) -> np.ndarray:
     """Texture statistics of grading crops in HU, independent of any network.
 
     Parameters
     ----------
-    crops : ndarray of shape (N, S, R, C) or (S, R, C), HU (clipped to -1024..3071)
+    crops : ndarray of shape (N, S, R, C) or (S, R, C), HU
+    window_hu : (low, high), the grader's intensity window (``input.intensity_window_hu``): HU are
+        clipped to it first, so the statistics describe what the grader sees. Why: metal (hip
+        prostheses, screws: part of the training profile) reaches several thousand HU; unclipped,
+        its streaks made the phantoms with screws the texture view's outliers (14 of 242
+        training-subject joints flagged by the texture view alone, 5 when clipped; the real CT
+        scores the same either way).
 
     Returns
     -------
@@ -104,7 +117,10 @@ def crop_texture(crops: np.ndarray) -> np.ndarray:
     Written with numpy rather than a texture library (scikit-image's GLCM works on 2D integer
     images and costs ~10x more): these few sums over array differences are the whole computation.
     """
-    c = np.clip(np.asarray(crops, np.float32), -1024.0, 3071.0)
+    lo, hi = (float(v) for v in window_hu)
+    if not lo < hi:
+        raise ValueError(f"crop_texture needs a window (low, high) with low < high, got {window_hu}")
+    c = np.clip(np.asarray(crops, np.float32), lo, hi)
     if c.ndim == 3:
         c = c[None]
     if c.ndim != 4 or min(c.shape[1:]) < 2 * max(TEXTURE_SCALES):
@@ -144,6 +160,7 @@ class Gaussian:
     mean: np.ndarray  # (F,)
     precision: np.ndarray  # (F, F)
     norm: float = 1.0  # median cross-fitted distance of the validation joints
+    window_hu: tuple[float, float] | None = None  # crop_texture only: the window its statistics were computed in
 
     def distance(self, x: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of each row of ``x`` (shape (N, F) or (F,))."""
@@ -158,6 +175,8 @@ class Gaussian:
              "precision": [[float(v) for v in row] for row in self.precision]}
         if self.name == "crop_texture":
             d["features"] = list(TEXTURE_NAMES)
+            d["version"] = TEXTURE_VERSION
+            d["window_hu"] = None if self.window_hu is None else [float(v) for v in self.window_hu]
         return d
 
     @classmethod
@@ -166,7 +185,8 @@ class Gaussian:
             raise BundleError(f"metadata.json: each ood component needs a name in {sorted(COMPONENT_INPUTS)}, got "
                               f"{d.get('name') if isinstance(d, dict) else d!r}", path=path)
         name = d["name"]
-        if name == "crop_texture" and list(d.get("features", [])) != list(TEXTURE_NAMES):
+        if name == "crop_texture" and (list(d.get("features", [])) != list(TEXTURE_NAMES)
+                                       or d.get("version") != TEXTURE_VERSION):
             raise BundleError("metadata.json: ood component 'crop_texture' was fitted on other texture statistics than "
                               "this version computes; run 'sirad calibrate' again", path=path)
         try:
@@ -187,7 +207,17 @@ class Gaussian:
             raise BundleError(f"metadata.json: ood component {name!r} holds non-finite values or a norm <= 0", path=path)
         if not np.allclose(prec, prec.T, atol=1e-6 * max(1.0, float(np.abs(prec).max()))):
             raise BundleError(f"metadata.json: ood.precision of {name!r} is not symmetric", path=path)
-        return cls(name, mean, prec, norm)
+        window = None
+        if name == "crop_texture":
+            try:
+                window = tuple(float(v) for v in d["window_hu"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise BundleError("metadata.json: ood component 'crop_texture' needs window_hu [low, high]",
+                                  path=path) from exc
+            if len(window) != 2 or not np.all(np.isfinite(window)) or not window[0] < window[1]:
+                raise BundleError(f"metadata.json: ood component 'crop_texture' has window_hu {list(window)}; "
+                                  "expected [low, high] with low < high", path=path)
+        return cls(name, mean, prec, norm, window)
 
 
 @dataclass
@@ -288,11 +318,13 @@ def conformal_threshold(scores: np.ndarray, quantile: float = 0.95) -> float:
 
 
 def fit_ood(features: np.ndarray | Mapping[str, np.ndarray], groups: Sequence[Any], *, quantile: float = 0.95,
-            n_splits: int = 5, fit_sites: Sequence[str] = ()) -> tuple[OODModel, np.ndarray]:
+            n_splits: int = 5, fit_sites: Sequence[str] = (),
+            texture_window_hu: Sequence[float] | None = None) -> tuple[OODModel, np.ndarray]:
     """Fit one Gaussian per input on all joints; normalisers and threshold from cross-fitted scores.
 
     ``features``: one array (N, F) (a one-component model named ``"penultimate"``) or a mapping
-    ``{"penultimate": (N, F), "crop_texture": (N, 15)}``. ``groups`` (N,) names each joint's
+    ``{"penultimate": (N, F), "crop_texture": (N, 15)}``; ``texture_window_hu`` is the window
+    ``crop_texture`` was computed in (needed with it). ``groups`` (N,) names each joint's
     patient, so both joints of a patient fall in the same fold. Returns the model and the
     cross-fitted combined scores (N,).
     """
@@ -309,6 +341,8 @@ def fit_ood(features: np.ndarray | Mapping[str, np.ndarray], groups: Sequence[An
             raise ValueError(f"OOD input {k!r} must have shape (N, F) with N = {n} joints, got {x.shape}")
     if n < 10:
         raise ValueError(f"OOD statistics need at least 10 in-distribution joints, got {n}")
+    if "crop_texture" in xs and texture_window_hu is None:
+        raise ValueError("fitting crop_texture needs the window it was computed in (texture_window_hu)")
     n_folds = int(min(n_splits, len(np.unique(g))))
     if n_folds < 2:
         raise ValueError("OOD statistics need joints from at least 2 patients")
@@ -322,7 +356,8 @@ def fit_ood(features: np.ndarray | Mapping[str, np.ndarray], groups: Sequence[An
             oof[te] = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, prec, d), 0.0))
         norm = float(np.median(oof))
         mu, prec = _fit_gaussian(x)
-        comps.append(Gaussian(k, mu, prec, norm if norm > 0 else 1.0))
+        window = tuple(float(v) for v in texture_window_hu) if k == "crop_texture" else None  # type: ignore[union-attr]
+        comps.append(Gaussian(k, mu, prec, norm if norm > 0 else 1.0, window))
         oofs.append(oof / comps[-1].norm)
     combined = np.max(np.stack(oofs), axis=0)
     thr = conformal_threshold(combined, quantile)
@@ -332,4 +367,13 @@ def fit_ood(features: np.ndarray | Mapping[str, np.ndarray], groups: Sequence[An
 def ood_from_bundle(metadata: dict[str, Any], *, path: Any = None) -> OODModel | None:
     """The bundle's OOD model, or None when it was never calibrated (``sirad calibrate``)."""
     d = metadata.get("ood")
-    return None if d is None else OODModel.from_metadata(d, path=path)
+    if d is None:
+        return None
+    model = OODModel.from_metadata(d, path=path)
+    window = (metadata.get("input") or {}).get("intensity_window_hu")
+    for g in model.components:
+        if g.window_hu is not None and window is not None and not np.allclose(g.window_hu, np.asarray(window, float)):
+            raise BundleError(f"metadata.json: the OOD texture statistics were computed in the window {list(g.window_hu)} "
+                              f"HU but the grader's input window is {list(window)}; run 'sirad calibrate' again",
+                              path=path)
+    return model

@@ -422,7 +422,7 @@ class Grader:
         t = stage("grade")
         logits, feats = self.logits_and_features([crops["left"], crops["right"]], warnings)
         need_texture = self.record_texture or (self.ood is not None and "crop_texture" in self.ood.inputs)
-        texture = crop_texture(np.stack([crops["left"], crops["right"]])) if need_texture else None
+        texture = crop_texture(np.stack([crops["left"], crops["right"]]), self.spec.window_hu) if need_texture else None
         checks = (self.ood.check({"penultimate": feats, "crop_texture": texture}) if self.ood is not None
                   else [None, None])
         joints = {}

@@ -94,6 +94,11 @@ def test_calibrate_bundle_writes_temperature_and_ood_and_keeps_the_weights(tiny_
     csv = tmp_path / "DATA.csv"
     csv.write_text("image,left,right,site,split\nx.nii.gz,1,2,A,val\n")
     sha = tiny_bundle.metadata["weights"]["sha256"]
+    # OOD statistics of an older definition must not stop the recalibration that replaces them
+    stale = json.loads((tiny_bundle.path / "metadata.json").read_text())
+    stale["ood"] = {"method": "max-normalised-mahalanobis", "threshold": 2.0, "components": [
+        {"name": "crop_texture", "features": ["old"], "mean": [0.0], "precision": [[1.0]]}]}
+    (tiny_bundle.path / "metadata.json").write_text(json.dumps(stale))
     res = C.calibrate_bundle(tiny_bundle.path, csv, device="cpu", progress=False, say=lambda m: None)
     b = load_bundle(tiny_bundle.path)  # still validates, same weights
     assert b.metadata["weights"]["sha256"] == sha
@@ -106,6 +111,7 @@ def test_calibrate_bundle_writes_temperature_and_ood_and_keeps_the_weights(tiny_
     assert 0.9 <= res["ood"]["cross_fitted_pass_rate"] <= 0.96
     comps = json.loads((tiny_bundle.path / "metadata.json").read_text())["ood"]["components"]
     assert [(c["name"], c["dim"]) for c in comps] == [("penultimate", 8), ("crop_texture", 15)]
+    assert comps[1]["window_hu"] == [-200.0, 1500.0]  # the bundle's input window
 
 
 def test_calibrate_refuses_a_split_the_network_separates_perfectly(tiny_bundle, tmp_path, monkeypatch):

@@ -51,7 +51,7 @@ def test_in_sample_percentile_would_flag_too_many():
 def test_metadata_round_trip_and_validation_at_the_border():
     rng = np.random.default_rng(2)
     model, _ = fit_ood({"penultimate": rng.normal(size=(40, 5)), "crop_texture": rng.normal(size=(40, 15))},
-                       np.arange(40), fit_sites=["A"])
+                       np.arange(40), fit_sites=["A"], texture_window_hu=(-200, 1500))
     back = OODModel.from_metadata(model.to_metadata())
     x = {"penultimate": rng.normal(size=(3, 5)), "crop_texture": rng.normal(size=(3, 15))}
     assert np.allclose(back.score(x), model.score(x)) and back.fit_sites == ("A",)
@@ -65,9 +65,17 @@ def test_metadata_round_trip_and_validation_at_the_border():
                      (with_pen(norm=0.0), "norm <= 0"), ({**d, "method": "energy"}, "ood.method"),
                      (with_pen(precision=np.triu(np.ones((5, 5))).tolist()), "symmetric"),
                      ({**d, "components": [pen, {**tex, "features": tex["features"][::-1]}]}, "other texture statistics"),
+                     ({**d, "components": [pen, {**tex, "version": "1"}]}, "other texture statistics"),
+                     ({**d, "components": [pen, {**tex, "window_hu": [1500, -200]}]}, "low < high"),
                      ({**d, "components": [pen, pen]}, "twice"), (with_pen(name="logits"), "name")]:
         with pytest.raises(BundleError, match=msg):
             OODModel.from_metadata(bad, path="metadata.json")
+    from sirad_viewer.ai.ood import ood_from_bundle
+
+    assert ood_from_bundle({"ood": d, "input": {"intensity_window_hu": [-200, 1500]}}).inputs == ("penultimate",
+                                                                                                  "crop_texture")
+    with pytest.raises(BundleError, match="input window"):  # statistics of another window than the grader's
+        ood_from_bundle({"ood": d, "input": {"intensity_window_hu": [-100, 1000]}}, path="metadata.json")
 
 
 def test_a_bundle_of_the_penultimate_only_method_still_loads_and_scores_the_same():
@@ -100,7 +108,7 @@ def test_a_joint_unusual_in_one_view_only_is_flagged():
     rng = np.random.default_rng(6)
     n = 150
     train = {"penultimate": rng.normal(size=(n, 20)), "crop_texture": rng.normal(size=(n, 15))}
-    model, oof = fit_ood(train, np.repeat(np.arange(n // 2), 2))
+    model, oof = fit_ood(train, np.repeat(np.arange(n // 2), 2), texture_window_hu=(-200, 1500))
     assert 0.95 <= np.mean(oof <= model.threshold) <= 0.97
     fresh = {"penultimate": rng.normal(size=(2000, 20)), "crop_texture": rng.normal(size=(2000, 15))}
     assert 0.92 <= np.mean(model.score(fresh) <= model.threshold) <= 0.99
@@ -110,7 +118,7 @@ def test_a_joint_unusual_in_one_view_only_is_flagged():
     assert np.median(parts["penultimate"]) < model.threshold < np.median(parts["crop_texture"])
 
 
-def test_crop_texture_tells_noisy_sharp_tissue_from_smoothly_varying_tissue_and_ignores_an_hu_offset():
+def test_crop_texture_tells_noisy_sharp_tissue_from_smoothly_varying_tissue_and_ignores_an_hu_offset_and_metal():
     from scipy import ndimage
 
     from sirad_viewer.ai.ood import TEXTURE_NAMES, crop_texture
@@ -121,16 +129,23 @@ def test_crop_texture_tells_noisy_sharp_tissue_from_smoothly_varying_tissue_and_
     phantom = np.where(c < 24, 40.0, 400.0) + rng.normal(0, 20, (48, 48, 48))
     # real-like: tissue varying smoothly at every scale, little noise
     real = 150 + 120 * ndimage.gaussian_filter(rng.normal(size=(48, 48, 48)), 3) * 20 + rng.normal(0, 3, (48, 48, 48))
-    t = crop_texture(np.stack([phantom, real, phantom + 40.0]))
+    w = (-200.0, 1500.0)
+    t = crop_texture(np.stack([phantom, real, phantom + 40.0]), w)
     assert t.shape == (3, len(TEXTURE_NAMES)) == (3, 15) and np.all(np.isfinite(t))
     col = {n: i for i, n in enumerate(TEXTURE_NAMES)}
     # white noise averages away in larger blocks; smooth anatomy keeps (and gains) its steps
     assert t[0, col["log_mean_abs_step_x4"]] < t[0, col["log_mean_abs_step_x1"]]
     assert t[1, col["log_mean_abs_step_x4"]] > t[1, col["log_mean_abs_step_x1"]]
     assert np.allclose(t[0], t[2], atol=1e-6)  # differences only: a constant HU offset changes nothing
-    assert np.allclose(crop_texture(phantom), t[:1])
+    assert np.allclose(crop_texture(phantom, w), t[:1])
+    # metal beyond the grader's window counts as the window's top, as the grader sees it
+    metal = phantom.copy()
+    metal[20:28, 20:28, 30:40] = 3000.0
+    clipped = phantom.copy()
+    clipped[20:28, 20:28, 30:40] = 1500.0
+    assert np.allclose(crop_texture(metal, w), crop_texture(clipped, w))
     with pytest.raises(ValueError, match="at least 8 voxels"):
-        crop_texture(np.zeros((4, 4, 4)))
+        crop_texture(np.zeros((4, 4, 4)), w)
 
 
 def test_forward_with_features_matches_the_network_output():
