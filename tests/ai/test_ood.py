@@ -227,11 +227,14 @@ def _reposed(vol, kind: str):
         aff[:3, :3] = rz @ rx @ aff[:3, :3]
         aff[:3, 3] = c + rz @ rx @ (aff[:3, 3] - c)
         return resample_to(vol, aff, vol.shape, order=1)
-    if kind == "fov16":  # 16 cm field of view around the joints
+    if kind == "fov16":  # 16 cm field of view centred on the joints (an SIJ protocol), all slices
+        from sirad_viewer.imaging.sacral_plane import sij_centre
+
         sp = np.asarray(vol.spacing)
         n = int(round(160 / sp[1]))
-        r0 = max(0, vol.shape[1] // 2 - n // 2)
-        c0 = max(0, vol.shape[2] // 2 - n // 2)
+        mid = np.rint(vol.world_to_index(np.asarray(sij_centre(vol), float)[None])[0]).astype(int)
+        r0 = int(np.clip(mid[1] - n // 2, 0, vol.shape[1] - n))
+        c0 = int(np.clip(mid[2] - n // 2, 0, vol.shape[2] - n))
         arr = vol.array[:, r0:r0 + n, c0:c0 + n]
         aff = vol.affine.copy()
         aff[:3, 3] = vol.index_to_world(np.array([[0, r0, c0]], float))[0]
@@ -239,7 +242,8 @@ def _reposed(vol, kind: str):
     if kind == "resampled":  # 1.5 mm isotropic re-scan
         ext = (np.asarray(vol.shape) - 1) * np.asarray(vol.spacing)
         shape = tuple(int(e // 1.5) + 1 for e in ext)
-        aff = make_affine(vol.affine[:3, 3], vol.affine[:3, :3] / np.linalg.norm(vol.affine[:3, :3], axis=0), [1.5] * 3)
+        axes = (vol.affine[:3, :3] / np.linalg.norm(vol.affine[:3, :3], axis=0)).T  # make_affine takes one axis per row
+        aff = make_affine(vol.affine[:3, 3], axes, [1.5] * 3)
         return resample_to(vol, aff, shape, order=1)
     if kind == "noise+40HU":
         rng = np.random.default_rng(0)
@@ -259,13 +263,10 @@ def test_real_demo_ct_is_flagged_as_unlike_the_training_data(grader, real_ct):
 # 6.26); with the crop-texture view it scores about 2.3x the threshold
 @pytest.mark.parametrize("kind", ["rotated", "fov16", "resampled", "noise+40HU"])
 def test_reposed_and_rescanned_copies_of_the_real_ct_are_flagged(grader, real_ct, kind):
-    from sirad_viewer.ai.pipeline import NotAPelvisError
-
+    # every copy is a whole pelvis with both joints: it must be graded AND flagged, not refused (the 1.5 mm copy
+    # used to be resampled outside the body, an empty CT whose refusal let this test pass without grading anything)
     v = _reposed(real_ct, kind)
-    try:
-        d = grader(v, heatmaps=False).to_dict()
-    except NotAPelvisError:  # refusing without a grade is also never a silent grade
-        return
+    d = grader(v, heatmaps=False).to_dict()
     assert d["ood_flagged"] is True, (kind, {s: j["ood"] for s, j in d["joints"].items()})
 
 
