@@ -28,16 +28,19 @@ def format_name(path: str | Path) -> str:
 
 
 def _plain_nifti_voxels(p: Path, hdr: dict, reader) -> np.ndarray | None:
-    """The voxels of a plain uncompressed NIfTI file read straight into an array; ``None`` when not plain.
+    """The voxels of a plain uncompressed NIfTI file, memory-mapped; ``None`` when not plain.
 
     Plain: a single ``.nii`` file (not gzipped), int16 voxels in this machine's byte order, three
     dimensions, no scaling (``scl_slope`` 1 or 0 and ``scl_inter`` 0), data after the header, and
     SimpleITK's header read agrees (int16, scalar, the same size). Everything else goes through
     SimpleITK's full read. Written here, not with nibabel or SimpleITK, because SimpleITK reads the
     file into its own buffer and ``GetArrayFromImage`` copies it again: 0.47 s for a 512x512x300 CT
-    against 0.04 s for one ``np.fromfile``. The geometry always comes from SimpleITK's header read
-    (qform/sform rules), so both paths give the same Volume; ``tests/io/test_plain_nifti.py``
-    compares them on LPS, RAS and oblique files and checks each fall-back.
+    against 0.03 s mapped (a copy with ``np.fromfile`` took 0.04-0.4 s, page faults on fresh memory).
+    The geometry always comes from SimpleITK's header read (qform/sform rules), so both paths give
+    the same Volume; ``tests/io/test_plain_nifti.py`` compares them on LPS, RAS and oblique files and
+    checks each fall-back. Our own NIfTI writers replace files by renaming (never write into a mapped
+    file); a program rewriting the file in place while it is open would change the pixels under us,
+    as with nibabel's memory maps.
     """
     import sys
 
@@ -54,11 +57,11 @@ def _plain_nifti_voxels(p: Path, hdr: dict, reader) -> np.ndarray | None:
             or reader.GetNumberOfComponents() != 1 or size != hdr["dim"][1:4]):
         return None
     n = int(np.prod(size, dtype=np.int64))
-    with open(p, "rb") as fh:
-        fh.seek(int(offset))
-        arr = np.fromfile(fh, dtype=np.int16, count=n)
-    if arr.size != n:  # check_nifti counted the bytes; a file cut since then goes the careful way
+    if p.stat().st_size < int(offset) + 2 * n:  # check_nifti counted the bytes; a file cut since then goes the careful way
         return None
+    # copy-on-write mapping (nibabel's default for such files): pages are read when first touched, a
+    # write stays in this process. np.asarray makes it a plain ndarray (the mapping lives on as its base).
+    arr = np.asarray(np.memmap(p, dtype=np.int16, mode="c", offset=int(offset), shape=(n,)))
     return arr.reshape(size[::-1])  # NIfTI stores x fastest: (z, y, x) == (slice, row, column), as SimpleITK's
 
 

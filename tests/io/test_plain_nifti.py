@@ -139,3 +139,22 @@ def test_typed_errors_stay_on_plain_files(tmp_path):
     with pytest.raises(LoadError) as ei:
         open_volume(q)
     assert ei.value.code == "too_large"
+
+
+def test_mapped_volume_is_private_and_survives_its_file_being_rewritten(tmp_path):
+    """The mapped pixels are copy-on-write, and our writers replace a file by renaming, so exporting
+    over the source file neither changes nor cuts a volume already loaded from it."""
+    from sirad_viewer.io.export import write_nifti
+
+    p = _write(tmp_path, AFFINES["ras"])
+    before = p.read_bytes()
+    vol = formats.read_volume_file(p)
+    keep = vol.array.copy()
+    vol.array[0, 0, 0] += 1  # a private copy of that page: the file is unchanged
+    assert p.read_bytes() == before
+    vol.array[0, 0, 0] -= 1
+    small = vol.with_array(np.zeros((2, 2, 2), np.int16))
+    write_nifti(small, p, sidecar=False)  # a 2x2x2 file where the 25-slice one was
+    assert formats.read_volume_file(p).shape == (2, 2, 2)
+    np.testing.assert_array_equal(vol.array, keep)  # still readable, still the old pixels
+    assert not list(tmp_path.glob(".*part*"))
