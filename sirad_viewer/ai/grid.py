@@ -59,16 +59,23 @@ def _block_mean_int(arr: np.ndarray, s: list[int], ks: tuple[int, ...]) -> np.nd
     """Block means of an integer CT (int16) by exact int32 sums, a few slabs at a time.
 
     The same means as :func:`_block_mean_float` (the sum is exact, one division rounds it), with
-    no float32 copy of the CT: 0.05 s of CPU instead of 0.07 s on a 512x512x300 CT.
+    no float32 copy of the CT: 0.04 s of CPU instead of 0.08 s on a 512x512x300 CT.
     """
     n = [a // k for a, k in zip(s, ks)]
     out = np.empty(n, np.float32)
-    step = max(1, 8 // ks[0]) * 4  # output slices per slab
-    for z in range(0, n[0], step):
-        z1 = min(z + step, n[0])
-        slab = arr[z * ks[0]: z1 * ks[0]].reshape(z1 - z, ks[0], arr.shape[1], arr.shape[2]).sum(axis=1, dtype=np.int32)
-        rows = slab[:, : s[1]].reshape(z1 - z, n[1], ks[1], arr.shape[2]).sum(axis=2)
-        out[z:z1] = rows[:, :, : s[2]].reshape(z1 - z, n[1], n[2], ks[2]).sum(axis=3) / np.float32(np.prod(ks))
+    step = 8  # output slices per slab
+    for z in range(0, n[0], step):  # per axis, the k-th voxel of every block added as a strided slice
+        z0, z1 = z * ks[0], min(z + step, n[0]) * ks[0]
+        acc = arr[z0:z1:ks[0]].astype(np.int32)
+        for i in range(1, ks[0]):
+            acc += arr[z0 + i:z1:ks[0]]
+        rows = acc[:, 0:s[1]:ks[1]].copy()
+        for i in range(1, ks[1]):
+            rows += acc[:, i:s[1]:ks[1]]
+        cols = rows[:, :, 0:s[2]:ks[2]].copy()
+        for i in range(1, ks[2]):
+            cols += rows[:, :, i:s[2]:ks[2]]
+        out[z:z + len(cols)] = cols / np.float32(np.prod(ks))
     return out
 
 
