@@ -89,14 +89,20 @@ def extract_crop(volume: Volume, center_lps: Sequence[float], side: str, spec: C
     """
     from scipy import ndimage
 
-    pts = spec.points(center_lps, side, pad=pad, axes=axes)
-    block, lo = _sub_block(volume, pts)
+    size = spec.size + 2 * pad
+    # crop index -> LPS -> CT index is one affine map: sample it with affine_transform over the CT block
+    # the crop's corners span (a box is convex), without building the (size**3, 3) point array
+    step = np.asarray(spec.directions(side, axes), float).T * spec.spacing_mm[None, :]  # LPS per crop index step
+    first = np.asarray(center_lps, float) - step @ ((size - 1) / 2.0)  # LPS of crop voxel (0, 0, 0)
+    signs = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)], float)
+    block, lo = _sub_block(volume, first + (signs * (size - 1)) @ step.T)
     if block.size == 0:
-        return np.full(tuple(spec.size + 2 * pad), fill_hu, np.float32)
-    idx = volume.world_to_index(pts.reshape(-1, 3)) - lo
-    out = ndimage.map_coordinates(block, idx.T, order=1, mode="constant", cval=fill_hu, prefilter=False,
-                                  output=np.float32)
-    return out.reshape(pts.shape[:-1])
+        return np.full(tuple(size), fill_hu, np.float32)
+    inv = np.linalg.inv(volume.affine[:3, :3])
+    m = inv @ step
+    off = inv @ (first - volume.affine[:3, 3]) - lo
+    return ndimage.affine_transform(block, m, offset=off, output_shape=tuple(int(n) for n in size), order=1,
+                                    mode="constant", cval=fill_hu, prefilter=False, output=np.float32)
 
 
 def normalise(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -276,6 +282,16 @@ def cam_to_ct(cam: np.ndarray, volume: Volume, center_lps: Sequence[float], side
     _, lo = _sub_block(volume, corners, pad=1)
     idx = volume.world_to_index(corners)
     hi = np.clip(np.ceil(idx.max(axis=0)).astype(int) + 2, 0, np.asarray(volume.shape))
+    if region is not None:
+        # only the CT block around the region: the map is zero outside it anyway, and the block around
+        # the region (a joint box, about 65x40x20 mm) is a fifth of the block around the rotated crop
+        # (2.0 M -> 0.43 M voxels per joint on the 0.78 mm benchmark CT). The box is convex, so the
+        # index range of its corners (one voxel of margin) holds every voxel inside it.
+        h = np.asarray(region.size_mm, float) / 2.0
+        signs = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], float)
+        ridx = volume.world_to_index(np.asarray(region.center_lps_mm, float) + (signs * h) @ np.asarray(region.axes_lps, float))
+        lo = np.maximum(lo, np.floor(ridx.min(axis=0)).astype(int) - 1)
+        hi = np.minimum(hi, np.ceil(ridx.max(axis=0)).astype(int) + 2)
     shape = tuple(int(n) for n in np.maximum(hi - lo, 0))
     a3, t = volume.affine[:3, :3], volume.affine[:3, 3]
     # crop index = diag(1/spacing) @ D @ (LPS - centre) + (size-1)/2, D orthonormal (a reflection when mirrored)
@@ -287,7 +303,7 @@ def cam_to_ct(cam: np.ndarray, volume: Volume, center_lps: Sequence[float], side
     if region is not None and block.size:
         b = np.asarray(region.axes_lps, float) @ a3
         b0 = np.asarray(region.axes_lps, float) @ (a3 @ lo + t - np.asarray(region.center_lps_mm, float))
-        ks = [np.arange(n, dtype=np.float32) for n in shape]
+        ks = [np.arange(n, dtype=float) for n in shape]
         inside = np.ones(shape, bool)
         for r in range(3):
             dist = (b[r, 0] * ks[0][:, None, None] + b[r, 1] * ks[1][None, :, None] + b[r, 2] * ks[2][None, None, :]

@@ -106,6 +106,42 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return lab == (1 + int(np.argmax(sizes)))
 
 
+def _near(feature: np.ndarray, target: np.ndarray, sp: np.ndarray, r_mm: float) -> np.ndarray:
+    """``target & (distance to feature <= r_mm)``, the same voxels as a distance transform of the whole grid.
+
+    The Euclidean distance transform runs only on the box where a target voxel can lie within
+    ``r_mm`` of the feature (both bounding boxes, ``r_mm`` apart at most), widened by ``r_mm`` so
+    that every feature voxel within ``r_mm`` of that box is in it: the distances found there are
+    the whole grid's (nearest-feature distances computed the same way), at a fraction of the cost
+    (three transforms of the whole coarse grid were half of the localisation's time).
+    """
+    from scipy import ndimage
+
+    out = np.zeros(target.shape, bool)
+    if not feature.any() or not target.any():
+        return out
+    pad = np.ceil(r_mm / np.asarray(sp, float)).astype(int) + 1
+    shape = np.asarray(target.shape)
+
+    def bbox(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        spans = [np.flatnonzero(m.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+        return np.array([s[0] for s in spans]), np.array([s[-1] + 1 for s in spans])
+
+    (f_lo, f_hi), (t_lo, t_hi) = bbox(feature), bbox(target)
+    lo, hi = np.maximum(t_lo, f_lo - pad), np.minimum(t_hi, f_hi + pad)
+    if (hi <= lo).any():
+        return out
+    d_lo, d_hi = np.maximum(lo - pad, 0), np.minimum(hi + pad, shape)
+    dom = feature[d_lo[0]:d_hi[0], d_lo[1]:d_hi[1], d_lo[2]:d_hi[2]]
+    if not dom.any():
+        return out
+    d = ndimage.distance_transform_edt(~dom, sampling=sp)
+    a, b = lo - d_lo, hi - d_lo
+    box = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
+    out[box] = target[box] & (d[a[0]:b[0], a[1]:b[1], a[2]:b[2]] <= r_mm)
+    return out
+
+
 def _robust_window(pts: np.ndarray, direction: np.ndarray, length_mm: float) -> np.ndarray:
     """Mask of the points inside the ``length_mm`` window along ``direction`` that holds the most of them.
 
@@ -144,20 +180,16 @@ def localise(labels: np.ndarray, affine: np.ndarray, *, contact_mm: float = 5.0,
     LocalisationError
         When the sacrum or an ilium is missing, or they never come near each other.
     """
-    from scipy import ndimage
-
     sp = geo.affine_spacing(affine)
     sac = _largest_component(labels == SACRUM)
     if sac.sum() * np.prod(sp) < 20_000:  # < 20 ml
         raise LocalisationError("no sacrum found; is the pelvis in the field of view?")
-    d_sac = ndimage.distance_transform_edt(~sac, sampling=sp)
     raw: dict[str, np.ndarray] = {}
     for side, lab in SIDES.items():
         il = _largest_component(labels == lab)
         if il.sum() * np.prod(sp) < 10_000:
             raise LocalisationError(f"no {side} ilium found; is the whole pelvis in the field of view?")
-        d_il = ndimage.distance_transform_edt(~il, sampling=sp)
-        contact = (sac & (d_il <= contact_mm)) | (il & (d_sac <= contact_mm))
+        contact = _near(il, sac, sp, contact_mm) | _near(sac, il, sp, contact_mm)
         if int(contact.sum()) < 10:
             raise LocalisationError(f"the sacrum and the {side} ilium do not meet; no {side} sacroiliac joint found")
         raw[side] = _world(affine, np.argwhere(contact))

@@ -35,6 +35,24 @@ class Compression(str, Enum):
     JPEG_LOSSLESS = "jpeg-ls"
 
 
+def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path`` (same suffix, so writers pick the same format),
+    then rename it over ``path``. A volume read from ``path`` may be memory-mapped
+    (:func:`sirad_viewer.io.formats.read_volume_file`): writing into that file in place would change
+    or cut the pixels under it; a rename leaves the old file with its readers.
+    """
+    import os
+
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
+    tmp = path.with_name(f".{path.name[: len(path.name) - len(suffix)]}.{os.getpid()}.part{suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def write_nifti(volume: Volume, path: str | Path, *, deidentify: bool = True, sidecar: bool = True,
                 key: bytes | None = None) -> Path:
     """Write a volume as NIfTI (RAS affine as the format asks) and a JSON side-car.
@@ -55,7 +73,7 @@ def write_nifti(volume: Volume, path: str | Path, *, deidentify: bool = True, si
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
     try:
-        nib.save(img, str(path))
+        _replace_atomically(path, lambda tmp: nib.save(img, str(tmp)))
     except OSError as exc:
         raise ExportError(f"cannot be written: {exc}", path=path) from exc
     if sidecar:
@@ -107,8 +125,8 @@ def write_nifti_block(volume: Volume, block: np.ndarray, offset: Any, path: str 
     img.SetSpacing(spacing)
     img.SetDirection(direction)
     try:
-        sitk.WriteImage(img, str(path), useCompression=str(path).endswith(".gz"))
-    except RuntimeError as exc:
+        _replace_atomically(path, lambda tmp: sitk.WriteImage(img, str(tmp), useCompression=str(path).endswith(".gz")))
+    except (RuntimeError, OSError) as exc:
         raise ExportError(f"cannot be written: {exc}", path=path) from exc
     if sidecar:
         _write_sidecar(sub, path, deidentify=deidentify, key=key)

@@ -45,6 +45,9 @@ def _header_dtype(fields: dict, size: int, order: str) -> np.dtype:
 def nifti_header_fields(raw: bytes) -> dict[str, Any] | None:
     """datatype, bitpix, intent_code, dim, pixdim, vox_offset, scl_slope, scl_inter of a NIfTI header.
 
+    Also ``sizeof_hdr`` and ``byte_order`` (``"<"`` or ``">"``, the order the header and its voxels
+    are stored in).
+
     ``raw`` holds the file's first (decompressed) bytes. NIfTI-2 when ``sizeof_hdr`` is 540 in either
     byte order, NIfTI-1 otherwise; the byte order is the one in which ``sizeof_hdr`` has its value,
     else the one that gives ``dim[0]`` in 1..7 (as nibabel guesses it). Values are returned as found,
@@ -73,15 +76,17 @@ def nifti_header_fields(raw: bytes) -> dict[str, Any] | None:
             out[name] = float(v)
         else:
             out[name] = int(v)
+    out["byte_order"] = order
     return out
 
 
-def check_nifti(path: Path) -> None:
+def check_nifti(path: Path) -> dict[str, Any]:
     """Validate a NIfTI-1/2 header and the bytes present, before any reader touches the data.
 
     SimpleITK crashed (segfault/abort) on datatype 1792 (complex128) with intent 1007 (vector),
     and padded truncated or over-declared files with zeros, i.e. 0 HU. Here the header is read
     (header only, no data; :func:`nifti_header_fields`) and every value the readers trust is checked.
+    Returns the header fields (for :func:`sirad_viewer.io.formats.read_volume_file`'s direct read).
 
     Raises
     ------
@@ -139,6 +144,7 @@ def check_nifti(path: Path) -> None:
         raise LoadError(f"is truncated: header and voxels need {needed} bytes, {have} present (the missing part "
                         "would show as 0 HU)", code="truncated_pixel_data", path=path,
                         context={"expected_bytes": needed, "found_bytes": have})
+    return hdr
 
 
 def _nifti_bytes(path: Path, gz: bool, needed: int) -> int:
