@@ -44,8 +44,16 @@ _NETS: dict[tuple[str, str], Any] = {}
 
 def refine_box(coarse_labels: np.ndarray, affine: np.ndarray, *, margin_mm=MARGIN_MM,
                spacing_mm: float = SPACING_MM) -> tuple[np.ndarray, tuple[int, int, int]] | None:
-    """(affine, shape) of the 2 mm canonical box around the sacrum of a canonical 4 mm label map; None without sacrum."""
-    idx = np.argwhere(coarse_labels == SACRUM)
+    """(affine, shape) of the 2 mm canonical box around the sacrum of a canonical 4 mm label map; None without sacrum.
+
+    The sacrum is its largest connected piece (a speck elsewhere would stretch the box).
+    """
+    from scipy import ndimage
+
+    comp, n = ndimage.label(coarse_labels == SACRUM, structure=np.ones((3, 3, 3)))
+    if n == 0:
+        return None
+    idx = np.argwhere(comp == 1 + int(np.argmax(np.bincount(comp.ravel())[1:])))
     if len(idx) < 8:
         return None
     sp = np.asarray(G.geo.affine_spacing(affine), float)  # (x, y, z) spacing of the canonical grid
