@@ -25,6 +25,7 @@
 #   SEG_STEPS=800 EPOCHS=60 PATIENCE=15 CROP_SIZE=48 CROP_SPACING=1.5
 #   SEG_STEPS2=0             continue the segmenter this many steps more (0.3.0: 600), lr SEG_LR2=2e-3,
 #   SEG_AVERAGE=0.5          then average its weights with the first stage's (empty: no averaging)
+#   SEG_REFINE_STEPS=2000    steps of the segmenter's 2 mm second stage (0: none)
 #   CONFIG='{"init_features": 12, ...}'  the DenseNet configuration
 #   SIRAD=.venv/bin/sirad    the command to run
 # Each stage's wall time goes to WORKDIR/timings.txt and is printed at the end.
@@ -68,6 +69,10 @@ if [ "${SEG_STEPS2:-0}" -gt 0 ]; then  # continuation, averaged with its start (
   $S train-segmenter $SEG_DATA --init "$W/pelvis-unet-demo" --out "$W/pelvis-unet-demo-2" --steps "$SEG_STEPS2" \
      --lr "${SEG_LR2:-2e-3}" --seed 1 --model-version 0.3.0 ${AVG:+--average-init "$AVG"}
   rm -rf "$W/pelvis-unet-demo" && mv "$W/pelvis-unet-demo-2" "$W/pelvis-unet-demo"
+fi
+if [ "${SEG_REFINE_STEPS:-2000}" -gt 0 ]; then  # the 2 mm second stage around the sacrum and both joints (0.4.0)
+  $S train-segmenter-refine $SEG_DATA --segmenter "$W/pelvis-unet-demo" --steps "${SEG_REFINE_STEPS:-2000}" \
+     --cache "$W/refine-cache"
 fi
 stage segmenter
 # grading DenseNet on crops in the joint's own frame, from that segmentation; val split for early stopping and temperature
