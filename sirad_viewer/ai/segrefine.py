@@ -213,13 +213,14 @@ def _augment(hu, prob, lab, rng, size):
 
 def train_refiner(data_csv, bundle_dir: str | Path, *, steps: int = 2000, lr: float = 3e-3, seed: int = 0,
                   crop: tuple[int, int, int] = (48, 48, 48), batch: int = 2, config: dict[str, Any] | None = None,
-                  cache: str | Path | None = None, checkpoint_every: int = 200,
+                  cache: str | Path | None = None, checkpoint_every: int = 200, init: str | Path | None = None,
                   progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
     """Train the second stage on the ``train`` rows of ``data_csv`` (one or several) and add it to the bundle.
 
     The first stage (the bundle's UNet) gives the probabilities the second stage reads. Writes
     ``refine.safetensors`` into ``bundle_dir`` (also every ``checkpoint_every`` steps, so a long run
-    can be stopped) and records it in ``metadata.json`` with its training data and time.
+    can be stopped) and records it in ``metadata.json`` with its training data and time. ``init``: start
+    from these second-stage weights (a safetensors file of the same configuration).
     """
     import json
 
@@ -263,6 +264,10 @@ def train_refiner(data_csv, bundle_dir: str | Path, *, steps: int = 2000, lr: fl
     rng = np.random.default_rng(seed)
     cfg = architecture(config)
     net = build(cfg, backend="monai")
+    if init is not None:
+        from safetensors.torch import load_file
+
+        net.load_state_dict(load_file(str(init)), strict=True)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -281,6 +286,7 @@ def train_refiner(data_csv, bundle_dir: str | Path, *, steps: int = 2000, lr: fl
             "training_data": {"csv": ", ".join(str(c) for c in csvs), "cases": len(cases), "steps": step,
                               "steps_planned": steps, "crop": list(crop), "batch": batch, "lr": lr,
                               "first_stage": f"{bundle.name} {bundle.version}",
+                              "initialised_from": str(init) if init is not None else None,
                               "seconds_prepare": round(t_prep, 1), "seconds": round(time.time() - t0, 1)},
         }
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
