@@ -766,7 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "sacroiliac joints) and add it to the segmentation bundle")
     tr.add_argument("--data", required=True, action="append", help="DATA.csv with a labels column (repeatable; train rows)")
     tr.add_argument("--segmenter", required=True, help="the segmentation bundle folder (first stage; written into)")
-    tr.add_argument("--steps", type=int, default=2000)
+    tr.add_argument("--steps", type=int, default=1000)
     tr.add_argument("--lr", type=float, default=3e-3)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--cache", help="keep the prepared 2 mm boxes here (a rerun skips the preparation)")

@@ -211,7 +211,7 @@ def _augment(hu, prob, lab, rng, size):
     return np.ascontiguousarray(x), np.ascontiguousarray(lab.astype(np.int64))
 
 
-def train_refiner(data_csv, bundle_dir: str | Path, *, steps: int = 2000, lr: float = 3e-3, seed: int = 0,
+def train_refiner(data_csv, bundle_dir: str | Path, *, steps: int = 1000, lr: float = 3e-3, seed: int = 0,
                   crop: tuple[int, int, int] = (48, 48, 48), batch: int = 2, config: dict[str, Any] | None = None,
                   cache: str | Path | None = None, checkpoint_every: int = 200, init: str | Path | None = None,
                   progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
