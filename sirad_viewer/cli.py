@@ -412,6 +412,19 @@ def cmd_train_segmenter(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_segmenter_refine(args: argparse.Namespace) -> int:
+    from sirad_viewer.ai.segrefine import train_refiner
+
+    def prog(i: int, n: int, loss: float) -> None:
+        if i % 25 == 0 or i == n:
+            print(f"step {i}/{n} loss {loss:.3f}", file=sys.stderr, flush=True)
+
+    doc = train_refiner(args.data, args.segmenter, steps=args.steps, seed=args.seed, lr=args.lr, cache=args.cache,
+                        progress=prog)
+    print(f"added the 2 mm second stage to {args.segmenter}: {doc}")
+    return 0
+
+
 def cmd_evaluate_segmenter(args: argparse.Namespace) -> int:
     from sirad_viewer.ai.pipeline import find_bundle
     from sirad_viewer.ai.segnet import evaluate_segmenter
@@ -748,6 +761,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--spacing", type=float, default=4.0)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train_segmenter)
+
+    tr = sub.add_parser("train-segmenter-refine", help="train the segmenter's 2 mm second stage (sacrum and both "
+                                                       "sacroiliac joints) and add it to the segmentation bundle")
+    tr.add_argument("--data", required=True, action="append", help="DATA.csv with a labels column (repeatable; train rows)")
+    tr.add_argument("--segmenter", required=True, help="the segmentation bundle folder (first stage; written into)")
+    tr.add_argument("--steps", type=int, default=1000)
+    tr.add_argument("--lr", type=float, default=3e-3)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--cache", help="keep the prepared 2 mm boxes here (a rerun skips the preparation)")
+    tr.set_defaults(func=cmd_train_segmenter_refine)
 
     es = sub.add_parser("evaluate-segmenter", help="Dice per bone of a segmentation bundle on DATA.csv rows with labels, "
                                                   "seen and held-out subjects apart")

@@ -10,6 +10,9 @@
 # about 45 minutes in all. The segmenter 0.3.0 was then continued from 0.2.0 for 600 steps on this script's
 # 180-phantom train split plus the analytic phantoms (SEG_STEPS2=600: 28 min on two heavily shared cores,
 # ~2.8 s per step) and averaged with 0.2.0 (SEG_AVERAGE=0.5); its held-out / seen Dice: README.
+# The segmenter 0.4.0 adds the 2 mm second stage (train-segmenter-refine, SEG_REFINE_STEPS=1000) on 0.3.0:
+# 31 min on two cores shared with three other sessions (2 mm boxes of the 139 train cases 4 min, then
+# 1.4-2.8 s per step; the shipped one was run as 200 steps, then 800 more from that checkpoint).
 # A 0.3.0 grader attempt (refined joint frame, stress augmentation, 60 epochs) took
 # about 75 min on the same cores under a load of 7-10 (crops of 180 cases 28 min, epochs 40-75 s each) and was
 # not shipped (worse on held-out subjects; see the README).
@@ -25,6 +28,7 @@
 #   SEG_STEPS=800 EPOCHS=60 PATIENCE=15 CROP_SIZE=48 CROP_SPACING=1.5
 #   SEG_STEPS2=0             continue the segmenter this many steps more (0.3.0: 600), lr SEG_LR2=2e-3,
 #   SEG_AVERAGE=0.5          then average its weights with the first stage's (empty: no averaging)
+#   SEG_REFINE_STEPS=1000    steps of the segmenter's 2 mm second stage (0: none)
 #   CONFIG='{"init_features": 12, ...}'  the DenseNet configuration
 #   SIRAD=.venv/bin/sirad    the command to run
 # Each stage's wall time goes to WORKDIR/timings.txt and is printed at the end.
@@ -68,6 +72,10 @@ if [ "${SEG_STEPS2:-0}" -gt 0 ]; then  # continuation, averaged with its start (
   $S train-segmenter $SEG_DATA --init "$W/pelvis-unet-demo" --out "$W/pelvis-unet-demo-2" --steps "$SEG_STEPS2" \
      --lr "${SEG_LR2:-2e-3}" --seed 1 --model-version 0.3.0 ${AVG:+--average-init "$AVG"}
   rm -rf "$W/pelvis-unet-demo" && mv "$W/pelvis-unet-demo-2" "$W/pelvis-unet-demo"
+fi
+if [ "${SEG_REFINE_STEPS:-1000}" -gt 0 ]; then  # the 2 mm second stage around the sacrum and both joints (0.4.0)
+  $S train-segmenter-refine $SEG_DATA --segmenter "$W/pelvis-unet-demo" --steps "${SEG_REFINE_STEPS:-1000}" \
+     --cache "$W/refine-cache"
 fi
 stage segmenter
 # grading DenseNet on crops in the joint's own frame, from that segmentation; val split for early stopping and temperature

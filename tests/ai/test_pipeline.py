@@ -82,10 +82,11 @@ def test_segmentation_dice_on_held_out_atlas_subjects(grader, subject, left, rig
     ph = held_out_atlas(subject, left, right, seed)
     seg = grader.segment(ph.volume, [])
     truth = ph.labels.array if hasattr(ph.labels, "array") else ph.labels
-    # the target is 0.9; the shipped UNet 0.3.0 reaches a mean of 0.876 / 0.910 / 0.921 on held-out
-    # subjects (README). On these two small phantoms: subject 13 0.912 / 0.921 / 0.950, subject 51
-    # 0.826 / 0.854 / 0.887 (0.2.0: 0.805 / 0.825 / 0.867, which this floor refuses)
-    floor = {SACRUM: 0.82, LEFT_ILIUM: 0.85, RIGHT_ILIUM: 0.85}
+    # the target is 0.9; the shipped segmenter 0.4.0 (4 mm UNet + 2 mm second stage) reaches a mean of
+    # 0.925 / 0.922 / 0.930 on held-out subjects (README). On these two small phantoms: subject 13
+    # 0.957 / 0.947 / 0.954, subject 51 0.857 / 0.862 / 0.904 (the 4 mm stage alone, 0.3.0: 0.912 / 0.921 / 0.950
+    # and 0.826 / 0.854 / 0.887, which this floor refuses)
+    floor = {SACRUM: 0.84, LEFT_ILIUM: 0.85, RIGHT_ILIUM: 0.88}
     for k in (SACRUM, LEFT_ILIUM, RIGHT_ILIUM):
         assert dice(seg.labels == k, truth == k) >= floor[k], (k, dice(seg.labels == k, truth == k))
 
