@@ -36,6 +36,8 @@ class CropSpec:
     mirror_left: bool
     joint_frame: bool = False  # crops along the joint box's axes (True) or the world's (False)
     refine_frame: bool = False  # the box re-fitted to the joint space on the CT (localise.refine_joints) first
+    long_axis: str = "outline"  # the refined box's in-plane axis (localise.refine_joint's long_axis)
+    turns: int = 1  # test-time: logits and features averaged over this many in-plane quarter turns (1, 2 or 4)
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> "CropSpec":
@@ -43,9 +45,15 @@ class CropSpec:
         frame = str(inp.get("frame", "world"))
         if frame not in ("world", "joint"):
             raise ValueError(f"unknown crop frame {frame!r} in the bundle metadata; expected 'world' or 'joint'")
+        long_axis = str(inp.get("long_axis", "outline"))
+        if long_axis not in ("outline", "curvature"):
+            raise ValueError(f"unknown long_axis {long_axis!r} in the bundle metadata; expected 'outline' or 'curvature'")
+        turns = int(inp.get("test_time_turns", 1))
+        if turns not in (1, 2, 4):
+            raise ValueError(f"test_time_turns {turns} in the bundle metadata; expected 1, 2 or 4")
         return cls(np.asarray(inp["spacing_mm"], float), np.asarray(inp["size"], int),
                    (float(inp["intensity_window_hu"][0]), float(inp["intensity_window_hu"][1])), bool(inp["mirror_left"]),
-                   frame == "joint", frame == "joint" and bool(inp.get("refine_frame", False)))
+                   frame == "joint", frame == "joint" and bool(inp.get("refine_frame", False)), long_axis, turns)
 
     def directions(self, side: str, axes: np.ndarray | None = None) -> np.ndarray:
         """(3, 3) LPS unit vectors of the crop's array axes (rows), mirror included.
@@ -97,6 +105,13 @@ def extract_crop(volume: Volume, center_lps: Sequence[float], side: str, spec: C
     out = ndimage.map_coordinates(block, idx.T, order=1, mode="constant", cval=fill_hu, prefilter=False,
                                   output=np.float32)
     return out.reshape(pts.shape[:-1])
+
+
+def quarter_turns(x: np.ndarray, turns: int) -> np.ndarray:
+    """A batch (N, 1, D, H, W) repeated with ``turns`` in-plane quarter turns (about the crop's column
+    axis, the joint normal): shape (turns * N, 1, D, H, W), turn-major. Exact (no interpolation)."""
+    step = 4 // turns
+    return np.concatenate([np.rot90(x, k * step, axes=(2, 3)) for k in range(turns)]) if turns > 1 else x
 
 
 def normalise(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
