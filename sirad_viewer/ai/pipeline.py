@@ -357,7 +357,7 @@ class Grader:
         import torch
 
         n = len(crops)
-        x = GR.quarter_turns(np.stack([GR.normalise(c, self.spec.window_hu) for c in crops])[:, None], self.spec.turns)
+        x = GR.quarter_turns(np.stack([GR.model_input(c, self.spec) for c in crops])[:, None], self.spec.turns)
         x = np.ascontiguousarray(x)
 
         def run(d: str) -> tuple[np.ndarray, np.ndarray]:
@@ -440,7 +440,7 @@ class Grader:
             t = stage("gradcam")
             sides = list(joints)
             targets = [int((heatmap_grades or {}).get(side, joints[side].grade)) for side in sides]
-            x = torch.from_numpy(np.stack([GR.normalise(crops[side], self.spec.window_hu) for side in sides])[:, None])
+            x = torch.from_numpy(np.stack([GR.model_input(crops[side], self.spec) for side in sides])[:, None])
 
             def run(d: str):  # both joints in one batch; forward-only CAM (= Grad-CAM for this head)
                 return GR.class_activation_maps(self.network("grading", d), x.to(d), targets)
