@@ -27,11 +27,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("case", nargs="*", default=["29", "1", "3", "3"], help="SUBJECT LEFT RIGHT SEED")
     ap.add_argument("--no-refine", action="store_true", help="boxes from the 4 mm segmentation alone (before)")
+    ap.add_argument("--bundle", help="grading bundle folder (default: the installed one)")
     ap.add_argument("--long-axis", choices=("outline", "curvature"),
                     help="the refined frame's in-plane axis (default: the installed bundle's, else curvature)")
     a = ap.parse_args(argv)
     subj, left, right, seed = a.case[0], int(a.case[1]), int(a.case[2]), int(a.case[3])
-    g = Grader(device="cpu")
+    from sirad_viewer.ai.pipeline import find_bundle
+
+    g = Grader(find_bundle("grading", a.bundle) if a.bundle else None, device="cpu")
     long_axis = a.long_axis or (g.spec.long_axis if g.spec.refine_frame else "curvature")
     vol = make_atlas_phantom(AtlasSpec(left_grade=left, right_grade=right, seed=900_000 + seed, subject=subj,
                                        crop="pelvis", max_voxels=3_000_000)).volume

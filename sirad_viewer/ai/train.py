@@ -478,7 +478,8 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
     meta["training_data"] = {"csv": str(data_csv.name), "train_joints": len(tr), "val_joints": len(va),
                              "grade_counts_train": counts.astype(int).tolist(), "sites": sites,
                              "skipped_cases": len(problems), "epochs_run": len(history), "history": history,
-                             "segmentation_bundle": f"{segmenter.name} {segmenter.version}"}
+                             "segmentation_bundle": f"{segmenter.name} {segmenter.version}",
+                             **({"initialised_from": f"{start_bundle.name} {start_bundle.version}"} if start_bundle else {})}
     meta["intended_use"] = ("Research and demonstration of the SIRAD workflow: grading sacroiliac joints on the modified "
                             "New York scale from pelvic CT, as a second reader after the radiologist's own grade.")
     meta["disclaimer"] = ("Phantom-trained demo weights unless training_data says otherwise; not validated on patients; "
