@@ -13,7 +13,7 @@
 # A 0.3.0 grader attempt (refined joint frame, stress augmentation, 60 epochs) took
 # about 75 min on the same cores under a load of 7-10 (crops of 180 cases 28 min, epochs 40-75 s each) and was
 # not shipped (worse on held-out subjects; see the README).
-# GRADER_FT=1 adds the fine-tuning stages of the 0.3.0 attempt (README "Grader 0.3.0"): from the grader
+# GRADER_FT=1 adds the fine-tuning stages of the 0.3.0 candidate (not shipped; README "Demo models"): from the grader
 # just trained, crops in the refined joint frame with the surface's bend as in-plane axis, any in-plane
 # turn as augmentation, four quarter turns averaged at test time, HU referenced to the crop's muscle
 # (about 15 min for 17 epochs), then a blur floor of 2 mm (--pre-blur, about 6 min for 8 epochs).

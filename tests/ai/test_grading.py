@@ -282,3 +282,24 @@ def test_test_time_turns_average_the_grader_over_in_plane_quarter_turns():
     np.testing.assert_allclose(lg, lg_turned, rtol=1e-4, atol=1e-5)
     g.spec.turns = 1
     assert not np.allclose(g.logits_and_features(crops, [])[0], lg)  # one pass: not invariant
+
+
+def test_hu_reference_cancels_a_scanner_offset_and_the_blur_floor_is_read_from_the_bundle():
+    rng = np.random.default_rng(2)
+    hu = np.where(rng.random((24, 24, 24)) < 0.6, rng.normal(55, 12, (24, 24, 24)),  # muscle
+                  np.where(rng.random((24, 24, 24)) < 0.5, rng.normal(-100, 15, (24, 24, 24)),  # fat
+                           rng.normal(500, 150, (24, 24, 24)))).astype(np.float32)  # bone
+    meta = {"input": {"spacing_mm": [1.5] * 3, "size": [24] * 3, "intensity_window_hu": [-200, 1500], "mirror_left": True,
+                      "hu_reference": {"window_hu": [-40, 160], "level_hu": 50, "max_shift_hu": 80}}}
+    spec = GR.CropSpec.from_metadata(meta)
+    base = GR.model_input(hu, spec)
+    for offset in (-50.0, 50.0):
+        np.testing.assert_allclose(GR.model_input(hu + offset, spec), base, atol=3.0 / 1700)  # within a 5 HU bin
+    plain = GR.CropSpec.from_metadata({"input": {k: v for k, v in meta["input"].items() if k != "hu_reference"}})
+    assert np.abs(GR.model_input(hu + 50.0, plain) - GR.model_input(hu, plain)).max() > 0.02  # without it: moved
+    assert abs(GR.soft_tissue_level(hu, (-40, 160)) - 55.0) < 5.0
+    meta["input"]["pre_blur_fwhm_mm"] = 2.0
+    blurred = GR.harmonise(hu, GR.CropSpec.from_metadata(meta))
+    assert blurred.std() < 0.8 * GR.harmonise(hu, spec).std()
+    with pytest.raises(ValueError, match="hu_reference"):
+        GR.CropSpec.from_metadata({"input": {**meta["input"], "hu_reference": {"window_hu": [0]}}})
