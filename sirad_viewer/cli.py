@@ -387,7 +387,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     b = train_grader(args.data, args.out, segmenter=find_bundle("segmentation", args.segmenter), epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, patience=args.patience, seed=args.seed, resume=args.resume,
                      name=args.name, version=args.model_version, device=args.device, spacing_mm=args.spacing,
-                     size=args.size, frame=args.frame, config=json.loads(args.config) if args.config else None)
+                     size=args.size, frame=args.frame, config=json.loads(args.config) if args.config else None,
+                     init=args.init, long_axis=args.long_axis, augmentation=args.augmentation, select=args.select,
+                     test_time_turns=args.test_time_turns, hu_reference=args.hu_reference,
+                     pre_blur_fwhm_mm=args.pre_blur)
     m = b.metadata
     print(f"wrote {b.path}: {b.name} {b.version}, temperature {m['calibration']['temperature']}, "
           f"validation accuracy {m['metrics']['validation']['accuracy']}, "
@@ -744,6 +747,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crop axes: the joint box's own (default; a rotated pelvis gives the same crop) or the world's")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    t.add_argument("--init", help="fine-tune: start from this grading bundle's weights (and architecture)")
+    t.add_argument("--long-axis", default="outline", choices=("outline", "curvature"),
+                   help="in-plane axis of the refined joint frame: the surface outline's or its bend's (stabler)")
+    t.add_argument("--augmentation", default="stress", choices=("stress", "inplane"),
+                   help="per-sample nuisances: the stress sweep's, or those plus any in-plane turn (for --long-axis curvature)")
+    t.add_argument("--select", default="loss", choices=("loss", "score"),
+                   help="epoch kept: lowest validation loss, or best validation accuracy + crop-level stress consistency")
+    t.add_argument("--test-time-turns", type=int, default=1, choices=(1, 2, 4),
+                   help="grade each crop at this many in-plane quarter turns and average (with --augmentation inplane)")
+    t.add_argument("--hu-reference", action="store_true",
+                   help="reference each crop's HU to its own muscle peak (cancels a scanner's HU offset)")
+    t.add_argument("--pre-blur", type=float, default=0.0, metavar="MM",
+                   help="blur every crop by this FWHM first (softer kernels and thicker slices then matter less)")
     t.add_argument("--name", default="sij-densenet")
     t.add_argument("--model-version", default="0.1.0")
     t.add_argument("--segmenter", help="segmentation bundle (default: the installed one)")

@@ -5,7 +5,7 @@ axis (the CT's affine, so the voxels are untouched); for each joint it prints th
 joint-frame crops (segmentation -> localisation -> crop, exactly as ``sirad grade``), how far the box's
 centre moved from where the turn puts it and the angle of each box axis, and the grades.
 
-    python tools/rotation_check.py [SUBJECT LEFT RIGHT SEED] [--no-refine]
+    python tools/rotation_check.py [SUBJECT LEFT RIGHT SEED] [--no-refine] [--long-axis outline|curvature]
 
 Synthetic phantoms only.
 """
@@ -27,9 +27,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("case", nargs="*", default=["29", "1", "3", "3"], help="SUBJECT LEFT RIGHT SEED")
     ap.add_argument("--no-refine", action="store_true", help="boxes from the 4 mm segmentation alone (before)")
+    ap.add_argument("--bundle", help="grading bundle folder (default: the installed one)")
+    ap.add_argument("--long-axis", choices=("outline", "curvature"),
+                    help="the refined frame's in-plane axis (default: the installed bundle's, else curvature)")
     a = ap.parse_args(argv)
     subj, left, right, seed = a.case[0], int(a.case[1]), int(a.case[2]), int(a.case[3])
-    g = Grader(device="cpu")
+    from sirad_viewer.ai.pipeline import find_bundle
+
+    g = Grader(find_bundle("grading", a.bundle) if a.bundle else None, device="cpu")
+    long_axis = a.long_axis or (g.spec.long_axis if g.spec.refine_frame else "curvature")
     vol = make_atlas_phantom(AtlasSpec(left_grade=left, right_grade=right, seed=900_000 + seed, subject=subj,
                                        crop="pelvis", max_voxels=3_000_000)).volume
 
@@ -37,7 +43,7 @@ def main(argv=None) -> int:
         seg = g.segment(v, [])
         loc = L.localise(seg.coarse_labels, seg.affine)
         if not a.no_refine:
-            loc = L.refine_joints(v, loc)
+            loc = L.refine_joints(v, loc, long_axis=long_axis)
         # crops in the refined frame whatever the installed bundle was trained on (the check is about the frame)
         crops = g.crops(v, loc)
         lg, _ = g.logits_and_features([crops["left"], crops["right"]], [])
@@ -61,7 +67,8 @@ def main(argv=None) -> int:
                                                                  * loc1.joints[s].axes_lps, axis=1)), 0, 1)))
                 print(f"{axis} {deg:+.0f} deg {s:5s}: crop correlation {cc:.3f}, centre moved {moved:.2f} mm, axes "
                       f"{np.round(ang, 2).tolist()} deg, grade {g0[s]} -> {g1[s]}")
-    print(f"crop correlation: min {min(corr):.3f}, mean {np.mean(corr):.3f} over {len(corr)} joints")
+    print(f"crop correlation ({'segmentation box' if a.no_refine else 'refined frame, ' + long_axis + ' axis'}): "
+          f"min {min(corr):.3f}, mean {np.mean(corr):.3f} over {len(corr)} joints")
     return 0
 
 

@@ -16,6 +16,10 @@
 # A 0.3.0 grader attempt (refined joint frame, stress augmentation, 60 epochs) took
 # about 75 min on the same cores under a load of 7-10 (crops of 180 cases 28 min, epochs 40-75 s each) and was
 # not shipped (worse on held-out subjects; see the README).
+# GRADER_FT=1 adds the fine-tuning stages of the 0.3.0 candidate (not shipped; README "Demo models"): from the grader
+# just trained, crops in the refined joint frame with the surface's bend as in-plane axis, any in-plane
+# turn as augmentation, four quarter turns averaged at test time, HU referenced to the crop's muscle
+# (about 15 min for 17 epochs), then a blur floor of 2 mm (--pre-blur, about 6 min for 8 epochs).
 #
 # Options (environment variables):
 #   ANATOMY=atlas|analytic   grader phantoms (default atlas: real bone surfaces, split by subject;
@@ -82,6 +86,15 @@ stage segmenter
 $S train --data "$W/data/DATA.csv" --out "$W/sij-densenet-demo" --segmenter "$W/pelvis-unet-demo" \
    --name sij-densenet-demo --epochs "$EPOCHS" --patience "$PATIENCE" --size "$CROP_SIZE" --spacing "$CROP_SPACING" \
    --frame joint --config "$CONFIG" --model-version "${MODEL_VERSION:-0.3.0}"
+if [ "${GRADER_FT:-0}" = 1 ]; then
+  FT="--data $W/data/DATA.csv --segmenter $W/pelvis-unet-demo --name sij-densenet-demo --model-version ${MODEL_VERSION:-0.3.0}
+      --size $CROP_SIZE --spacing $CROP_SPACING --frame joint --long-axis curvature --augmentation inplane --select score
+      --test-time-turns 4 --hu-reference"
+  $S train $FT --out "$W/grader-ft1" --init "$W/sij-densenet-demo" --lr 3e-4 --epochs 30 --patience 10
+  $S train $FT --out "$W/grader-ft2" --init "$W/grader-ft1" --lr 2e-4 --epochs 10 --patience 6 --pre-blur 2.0
+  rm -rf "$W/sij-densenet-demo" && mkdir "$W/sij-densenet-demo" && \
+    cp "$W/grader-ft2/model.safetensors" "$W/grader-ft2/metadata.json" "$W/sij-densenet-demo/"
+fi
 stage grader
 # held-out subjects: segmentation Dice (seen subjects apart), grading metrics, stress sweep, model card
 $S evaluate-segmenter --data "$W/data/DATA.csv" --segmenter "$W/pelvis-unet-demo" --split test,train --limit 8 \

@@ -36,6 +36,11 @@ class CropSpec:
     mirror_left: bool
     joint_frame: bool = False  # crops along the joint box's axes (True) or the world's (False)
     refine_frame: bool = False  # the box re-fitted to the joint space on the CT (localise.refine_joints) first
+    long_axis: str = "outline"  # the refined box's in-plane axis (localise.refine_joint's long_axis)
+    turns: int = 1  # test-time: logits and features averaged over this many in-plane quarter turns (1, 2 or 4)
+    # HU referenced to the crop's soft tissue (see :func:`harmonise`): (window low, window high, level, largest shift)
+    hu_reference: tuple[float, float, float, float] | None = None
+    pre_blur_fwhm_mm: float = 0.0  # every crop blurred by this much first (a common floor of sharpness)
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> "CropSpec":
@@ -43,9 +48,24 @@ class CropSpec:
         frame = str(inp.get("frame", "world"))
         if frame not in ("world", "joint"):
             raise ValueError(f"unknown crop frame {frame!r} in the bundle metadata; expected 'world' or 'joint'")
+        long_axis = str(inp.get("long_axis", "outline"))
+        if long_axis not in ("outline", "curvature"):
+            raise ValueError(f"unknown long_axis {long_axis!r} in the bundle metadata; expected 'outline' or 'curvature'")
+        turns = int(inp.get("test_time_turns", 1))
+        if turns not in (1, 2, 4):
+            raise ValueError(f"test_time_turns {turns} in the bundle metadata; expected 1, 2 or 4")
+        ref = inp.get("hu_reference")
+        if ref is not None:
+            try:
+                ref = (float(ref["window_hu"][0]), float(ref["window_hu"][1]), float(ref["level_hu"]),
+                       float(ref["max_shift_hu"]))
+            except (KeyError, TypeError, IndexError, ValueError) as exc:
+                raise ValueError(f"hu_reference {ref!r} in the bundle metadata: expected "
+                                 "{'window_hu': [lo, hi], 'level_hu': L, 'max_shift_hu': M}") from exc
         return cls(np.asarray(inp["spacing_mm"], float), np.asarray(inp["size"], int),
                    (float(inp["intensity_window_hu"][0]), float(inp["intensity_window_hu"][1])), bool(inp["mirror_left"]),
-                   frame == "joint", frame == "joint" and bool(inp.get("refine_frame", False)))
+                   frame == "joint", frame == "joint" and bool(inp.get("refine_frame", False)), long_axis, turns, ref,
+                   float(inp.get("pre_blur_fwhm_mm", 0.0)))
 
     def directions(self, side: str, axes: np.ndarray | None = None) -> np.ndarray:
         """(3, 3) LPS unit vectors of the crop's array axes (rows), mirror included.
@@ -103,6 +123,48 @@ def extract_crop(volume: Volume, center_lps: Sequence[float], side: str, spec: C
     off = inv @ (first - volume.affine[:3, 3]) - lo
     return ndimage.affine_transform(block, m, offset=off, output_shape=tuple(int(n) for n in size), order=1,
                                     mode="constant", cval=fill_hu, prefilter=False, output=np.float32)
+
+
+def quarter_turns(x: np.ndarray, turns: int) -> np.ndarray:
+    """A batch (N, 1, D, H, W) repeated with ``turns`` in-plane quarter turns (about the crop's column
+    axis, the joint normal): shape (turns * N, 1, D, H, W), turn-major. Exact (no interpolation)."""
+    step = 4 // turns
+    return np.concatenate([np.rot90(x, k * step, axes=(2, 3)) for k in range(turns)]) if turns > 1 else x
+
+
+def soft_tissue_level(hu: np.ndarray, window: tuple[float, float]) -> float:
+    """The most common value within ``window`` (HU): the crop's muscle, from a histogram in 5 HU bins
+    smoothed over 10 HU (a median would mix fat and muscle in proportions that differ from crop to crop)."""
+    from scipy import ndimage
+
+    edges = np.arange(window[0], window[1] + 2.5, 5.0)
+    h, _ = np.histogram(hu, bins=edges)
+    h = ndimage.gaussian_filter1d(h.astype(float), 2.0)
+    return float(edges[int(np.argmax(h))] + 2.5)
+
+
+def harmonise(hu: np.ndarray, spec: "CropSpec") -> np.ndarray:
+    """A crop's HU referenced to its own soft tissue when the bundle asks for it (``input.hu_reference``).
+
+    A scanner's HU calibration can be off by tens of HU; the grader reads bone density, so a global
+    offset looks like sclerosis or its absence. Shifting each crop so that its muscle peak sits at a
+    fixed level cancels such an offset by construction (shifts larger than the bundle's limit are
+    taken as a crop without muscle and clipped).
+    """
+    if spec.pre_blur_fwhm_mm > 0:  # a softer kernel or thicker slices then change the crop relatively less
+        from scipy import ndimage
+
+        hu = ndimage.gaussian_filter(np.asarray(hu, np.float32), spec.pre_blur_fwhm_mm / 2.355 / spec.spacing_mm)
+    if spec.hu_reference is None:
+        return hu
+    lo, hi, level, most = spec.hu_reference
+    shift = float(np.clip(soft_tissue_level(hu, (lo, hi)) - level, -most, most))
+    return (hu - shift).astype(np.float32, copy=False)
+
+
+def model_input(hu: np.ndarray, spec: "CropSpec") -> np.ndarray:
+    """A crop in HU as the grading network reads it: harmonised (when the bundle says so), windowed to 0..1."""
+    return normalise(harmonise(hu, spec), spec.window_hu)
 
 
 def normalise(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:

@@ -43,6 +43,9 @@ SACRUM, LEFT_ILIUM, RIGHT_ILIUM = 1, 2, 3
 SIDES = {"left": LEFT_ILIUM, "right": RIGHT_ILIUM}
 # bumped whenever the boxes a CT gets change (caches of crops and logits are keyed by it)
 LOCALISATION_VERSION = "2-refined"
+# refine_joint(long_axis="curvature"): the bend's direction is signed to point within 90 degrees of
+# this direction in the coarse box's plane, counted from its long axis (superior) towards posterior
+CURVATURE_REFERENCE_DEG = 110.0  # where the fewest training joints lie near +-90 degrees from it
 
 
 class LocalisationError(SiradError):
@@ -340,7 +343,8 @@ def _huber_plane(X: np.ndarray, y: np.ndarray, weights: np.ndarray, *, k: float 
 
 
 def refine_joint(volume, box: JointBox, *, half_mm: float = 40.0, step_mm: float = 1.5, search_mm: float = 8.0,
-                 iterations: int = 6, min_depth_hu: float = 200.0, min_points: int = 60) -> tuple[JointBox, str | None]:
+                 iterations: int = 6, min_depth_hu: float = 200.0, min_points: int = 60,
+                 long_axis: str = "outline") -> tuple[JointBox, str | None]:
     """The joint box re-fitted to the joint space seen in the CT at full resolution.
 
     The coarse box comes from a label map on a 4 mm grid: its centre and axes move by millimetres
@@ -352,13 +356,24 @@ def refine_joint(volume, box: JointBox, *, half_mm: float = 40.0, step_mm: float
     centre is the weighted centroid of the gap points on it, and the long axis the principal axis
     of those points (oriented superior as the coarse one). Repeated a few times on the new frame.
 
+    ``long_axis`` picks the in-plane axis: ``"outline"`` (the principal axis of the surface's
+    outline, as the bundles before 0.3.0 were trained on) or ``"curvature"`` (the direction in which
+    the auricular surface bends most: the eigenvector of the largest-magnitude eigenvalue of the
+    Hessian of a quadratic fitted robustly to the gap points). Where the surface is nearly round in
+    its own plane its outline fixes the axis only to about 2 degrees, while its bend fixes it to a
+    few tenths (``tools/rotation_check.py``).
+
     Returns the refined box and ``None``, or the coarse box and the reason it was kept (a joint
     with too little visible joint space, e.g. ankylosed or at very low resolution).
     """
     from scipy import ndimage
 
+    if long_axis not in ("outline", "curvature", "coarse"):
+        raise ValueError(f"long_axis must be 'outline', 'curvature' or 'coarse', not {long_axis!r}")
     centre = np.asarray(box.center_lps_mm, float).copy()
     axes = np.asarray(box.axes_lps, float).copy()
+    phi = np.radians(CURVATURE_REFERENCE_DEG)
+    ref = np.cos(phi) * axes[0] + np.sin(phi) * axes[1]  # sign reference of the curvature axis
     g = np.arange(-half_mm, half_mm + 1e-6, step_mm)
     w = np.arange(-search_mm - 4.0, search_mm + 4.0 + 1e-6, 0.5)
     for _ in range(iterations):
@@ -402,14 +417,27 @@ def refine_joint(volume, box: JointBox, *, half_mm: float = 40.0, step_mm: float
         cov = np.cov((q - cq).T, aweights=wts)
         evals, evecs = np.linalg.eigh(cov)
         e = evecs[:, -1]
+        if long_axis == "curvature":
+            e = _curvature_direction(q, y[inl], wts, e)
         long_dir = e[0] * axes[0] + e[1] * axes[1]
+        if long_axis == "coarse":
+            long_dir = np.asarray(box.axes_lps[0], float)
         p_c = centre + cq[0] * axes[0] + cq[1] * axes[1] + (a0 + bu * cq[0] + bv * cq[1]) * axes[2]
         long = _unit(long_dir - (long_dir @ n_new) * n_new)
-        if long @ axes[0] < 0:
-            long = -long
-        ap = _unit(np.cross(n_new, long))
-        if ap @ axes[1] < 0:
-            ap = -ap
+        if long_axis == "curvature":
+            # the bend's direction has no sign of its own: point it along a fixed reference in the
+            # coarse box's (superior, posterior) plane, and keep the frame's handedness per side
+            # (right-handed on the right, its mirror image on the left) instead of a sign test that
+            # would flip where the axis lies near the anteroposterior direction
+            if long @ ref < 0:
+                long = -long
+            ap = _unit(np.cross(n_new, long)) * (1.0 if box.side == "right" else -1.0)
+        else:
+            if long @ axes[0] < 0:
+                long = -long
+            ap = _unit(np.cross(n_new, long))
+            if ap @ axes[1] < 0:
+                ap = -ap
         new_axes = np.stack([long, ap, n_new])
         moved = float(np.linalg.norm(p_c - centre))
         turned = float(np.degrees(np.arccos(np.clip(np.min(np.sum(new_axes * axes, axis=1)), -1.0, 1.0))))
@@ -419,11 +447,32 @@ def refine_joint(volume, box: JointBox, *, half_mm: float = 40.0, step_mm: float
     return JointBox(box.side, centre, axes, box.size_mm.copy(), box.contact_voxels), None
 
 
-def refine_joints(volume, loc: Localisation) -> Localisation:
+def _curvature_direction(q: np.ndarray, y: np.ndarray, wts: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """In-plane unit direction (2,) in which the gap surface ``y(u, v)`` bends most.
+
+    A weighted quadratic ``y = a + b.q + q' H q / 2`` (least squares with the gap weights; the
+    points are already the plane fit's inliers) and the eigenvector of ``H`` with the
+    largest-magnitude eigenvalue; ``fallback`` when the fit is degenerate.
+    """
+    u, v = q[:, 0], q[:, 1]
+    A = np.column_stack([np.ones(len(u)), u, v, u * u, u * v, v * v])
+    sw = np.sqrt(wts)
+    try:
+        c, *_ = np.linalg.lstsq(A * sw[:, None], y * sw, rcond=None)
+    except np.linalg.LinAlgError:
+        return fallback
+    h = np.array([[2 * c[3], c[4]], [c[4], 2 * c[5]]])
+    if not np.all(np.isfinite(h)) or np.abs(h).max() < 1e-9:
+        return fallback
+    ev, evec = np.linalg.eigh(h)
+    return evec[:, int(np.argmax(np.abs(ev)))]
+
+
+def refine_joints(volume, loc: Localisation, *, long_axis: str = "outline") -> Localisation:
     """``loc`` with each joint box re-fitted to the CT at full resolution (:func:`refine_joint`)."""
     joints, warns = {}, list(loc.warnings)
     for side, box in loc.joints.items():
-        joints[side], why = refine_joint(volume, box)
+        joints[side], why = refine_joint(volume, box, long_axis=long_axis)
         if why:
             warns.append(why)
     return Localisation(joints, loc.sacral_axis, warns, loc.sacrum_limit)

@@ -351,16 +351,23 @@ class Grader:
         return self.logits_and_features(crops, warnings)[0]
 
     def logits_and_features(self, crops: Sequence[np.ndarray], warnings: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Raw logits (N, 5) and penultimate features (N, F) in one forward pass."""
+        """Raw logits (N, 5) and penultimate features (N, F) in one forward pass.
+
+        A bundle with ``input.test_time_turns`` > 1 (trained to read a joint at any in-plane angle)
+        gets each crop at that many in-plane quarter turns in the same batch, logits and features averaged.
+        """
         import torch
 
-        x = np.stack([GR.normalise(c, self.spec.window_hu) for c in crops])[:, None]
+        n = len(crops)
+        x = GR.quarter_turns(np.stack([GR.model_input(c, self.spec) for c in crops])[:, None], self.spec.turns)
+        x = np.ascontiguousarray(x)
 
         def run(d: str) -> tuple[np.ndarray, np.ndarray]:
             net = self.network("grading", d)
             with torch.inference_mode():
                 lg, f = forward_with_features(net, torch.from_numpy(x).to(d))
-                return lg.float().cpu().numpy(), f.float().cpu().numpy()
+                lg, f = lg.float().cpu().numpy(), f.float().cpu().numpy()
+                return lg.reshape(-1, n, lg.shape[1]).mean(0), f.reshape(-1, n, f.shape[1]).mean(0)
 
         return _on_device(run, self.device, "grade", warnings)
 
@@ -411,7 +418,7 @@ class Grader:
             seg.limit_sacrum(*loc.sacrum_limit)  # lumbar bone the segmenter took for sacrum
         check_pelvis(seg.coarse_labels, seg.affine, src)
         if self.spec.refine_frame:  # bundles trained on it: the joint frame to sub-millimetre, from the CT itself
-            loc = refine_joints(volume, loc)
+            loc = refine_joints(volume, loc, long_axis=self.spec.long_axis)
         warnings += loc.warnings
         timings["localise"] = time.perf_counter() - t
 
@@ -439,7 +446,7 @@ class Grader:
             t = stage("gradcam")
             sides = list(joints)
             targets = [int((heatmap_grades or {}).get(side, joints[side].grade)) for side in sides]
-            x = torch.from_numpy(np.stack([GR.normalise(crops[side], self.spec.window_hu) for side in sides])[:, None])
+            x = torch.from_numpy(np.stack([GR.model_input(crops[side], self.spec) for side in sides])[:, None])
 
             def run(d: str):  # both joints in one batch; forward-only CAM (= Grad-CAM for this head)
                 return GR.class_activation_maps(self.network("grading", d), x.to(d), targets)

@@ -240,3 +240,66 @@ def test_bundle_frame_is_read_and_checked():
     meta["input"]["frame"] = "sideways"
     with pytest.raises(ValueError, match="frame"):
         GR.CropSpec.from_metadata(meta)
+
+
+def test_bundle_long_axis_and_test_time_turns_are_read_and_checked():
+    meta = {"input": {"spacing_mm": [1, 1, 1], "size": [8, 8, 8], "intensity_window_hu": [0, 1], "mirror_left": True,
+                      "frame": "joint", "refine_frame": True}}
+    spec = GR.CropSpec.from_metadata(meta)
+    assert (spec.long_axis, spec.turns) == ("outline", 1)  # bundles before 0.3.0
+    meta["input"].update(long_axis="curvature", test_time_turns=4)
+    spec = GR.CropSpec.from_metadata(meta)
+    assert (spec.long_axis, spec.turns) == ("curvature", 4)
+    for key, bad in (("long_axis", "diagonal"), ("test_time_turns", 3)):
+        with pytest.raises(ValueError, match=key):
+            GR.CropSpec.from_metadata({"input": {**meta["input"], key: bad}})
+
+
+def test_test_time_turns_average_the_grader_over_in_plane_quarter_turns():
+    import torch
+
+    from sirad_viewer.ai.bundle import build_network
+    from sirad_viewer.ai.ood import forward_with_features
+    from sirad_viewer.ai.pipeline import Grader
+
+    torch.manual_seed(0)
+    net = build_network({"type": "densenet", "config": {"init_features": 4, "growth_rate": 4, "block_config": [2]}},
+                        n_classes=5).eval()
+    g = Grader.__new__(Grader)
+    g.device, g._nets = "cpu", {("grading", "cpu"): net}
+    g.spec = GR.CropSpec(np.full(3, 2.0), np.full(3, 16, int), (-200.0, 1500.0), True, True, True, "curvature", 4)
+    rng = np.random.default_rng(1)
+    crops = [rng.normal(300, 400, (16, 16, 16)).astype(np.float32) for _ in range(2)]
+    lg, f = g.logits_and_features(crops, [])
+    x = np.stack([GR.normalise(c, g.spec.window_hu) for c in crops])[:, None]
+    with torch.inference_mode():
+        outs = [forward_with_features(net, torch.from_numpy(np.ascontiguousarray(np.rot90(x, k, axes=(2, 3)))))
+                for k in range(4)]
+    np.testing.assert_allclose(lg, np.mean([o[0].numpy() for o in outs], axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(f, np.mean([o[1].numpy() for o in outs], axis=0), rtol=1e-4, atol=1e-5)
+    # a crop and its quarter turn in the plane grade the same (up to float rounding)
+    lg_turned, _ = g.logits_and_features([np.ascontiguousarray(np.rot90(c, 1, axes=(0, 1))) for c in crops], [])
+    np.testing.assert_allclose(lg, lg_turned, rtol=1e-4, atol=1e-5)
+    g.spec.turns = 1
+    assert not np.allclose(g.logits_and_features(crops, [])[0], lg)  # one pass: not invariant
+
+
+def test_hu_reference_cancels_a_scanner_offset_and_the_blur_floor_is_read_from_the_bundle():
+    rng = np.random.default_rng(2)
+    hu = np.where(rng.random((24, 24, 24)) < 0.6, rng.normal(55, 12, (24, 24, 24)),  # muscle
+                  np.where(rng.random((24, 24, 24)) < 0.5, rng.normal(-100, 15, (24, 24, 24)),  # fat
+                           rng.normal(500, 150, (24, 24, 24)))).astype(np.float32)  # bone
+    meta = {"input": {"spacing_mm": [1.5] * 3, "size": [24] * 3, "intensity_window_hu": [-200, 1500], "mirror_left": True,
+                      "hu_reference": {"window_hu": [-40, 160], "level_hu": 50, "max_shift_hu": 80}}}
+    spec = GR.CropSpec.from_metadata(meta)
+    base = GR.model_input(hu, spec)
+    for offset in (-50.0, 50.0):
+        np.testing.assert_allclose(GR.model_input(hu + offset, spec), base, atol=3.0 / 1700)  # within a 5 HU bin
+    plain = GR.CropSpec.from_metadata({"input": {k: v for k, v in meta["input"].items() if k != "hu_reference"}})
+    assert np.abs(GR.model_input(hu + 50.0, plain) - GR.model_input(hu, plain)).max() > 0.02  # without it: moved
+    assert abs(GR.soft_tissue_level(hu, (-40, 160)) - 55.0) < 5.0
+    meta["input"]["pre_blur_fwhm_mm"] = 2.0
+    blurred = GR.harmonise(hu, GR.CropSpec.from_metadata(meta))
+    assert blurred.std() < 0.8 * GR.harmonise(hu, spec).std()
+    with pytest.raises(ValueError, match="hu_reference"):
+        GR.CropSpec.from_metadata({"input": {**meta["input"], "hu_reference": {"window_hu": [0]}}})

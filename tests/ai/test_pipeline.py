@@ -95,12 +95,12 @@ _ROT_REF: dict = {}
 
 
 def _refined(grader, vol):
-    """Segmentation -> localisation -> the frame refined on the CT -> joint-frame crops, as a bundle trained
-    with ``input.refine_frame`` grades them."""
+    """Segmentation -> localisation -> the frame refined on the CT with the surface's bend as in-plane axis
+    (``long_axis="curvature"``) -> crops in that frame, as a bundle trained on it grades them."""
     from sirad_viewer.ai.localise import localise, refine_joints
 
     seg = grader.segment(vol, [])
-    loc = refine_joints(vol, localise(seg.coarse_labels, seg.affine))
+    loc = refine_joints(vol, localise(seg.coarse_labels, seg.affine), long_axis="curvature")
     return loc, {s: GR.extract_crop(vol, loc.joints[s].center_lps_mm, s, grader.spec, axes=loc.joints[s].axes_lps)
                  for s in ("left", "right")}
 
@@ -110,8 +110,10 @@ def _refined(grader, vol):
                                                     "box, not the refined one: about z the left joint's category changes")])])
 def test_rotated_pelvis_keeps_the_crop_the_grade_category_and_the_box(grader, axis):
     # issue #10 item 3, end to end: the patient turned by 15 degrees in the scanner. With the joint frame
-    # refined on the CT the box moves with the pelvis to sub-millimetre and the crop stays; before (boxes
-    # from the 4 mm segmentation alone) the crops correlated 0.30-0.66 and the box moved 0.4-4.8 mm.
+    # refined on the CT and the joint surface's bend as its in-plane axis the box moves with the pelvis
+    # to a tenth of a millimetre and the crop stays (correlation >= 0.95; measured 0.970-1.000 on this
+    # phantom, tools/rotation_check.py). Before: the outline's axis gave 0.87-1.00, boxes from the 4 mm
+    # segmentation alone 0.30-0.66 and a box moved 0.4-4.8 mm.
     from scipy.spatial.transform import Rotation
 
     ph = held_out_atlas("29", 1, 3, 3)
@@ -129,13 +131,11 @@ def test_rotated_pelvis_keeps_the_crop_the_grade_category_and_the_box(grader, ax
     for side in ("left", "right"):
         a = GR.normalise(ref_crops[side], grader.spec.window_hu).ravel()
         b = GR.normalise(crops[side], grader.spec.window_hu).ravel()
-        # target 0.95; reached except where the joint surface is nearly round in its plane (its outline
-        # then fixes the long axis only to ~2 degrees): measured floor 0.87 on this phantom
-        assert np.corrcoef(a, b)[0, 1] >= 0.85, (side, np.corrcoef(a, b)[0, 1])
+        assert np.corrcoef(a, b)[0, 1] >= 0.95, (side, np.corrcoef(a, b)[0, 1])
         moved = r @ (ref_loc.joints[side].center_lps_mm - c) + c
         assert np.linalg.norm(loc.joints[side].center_lps_mm - moved) < 1.0, side
         turned = np.einsum("ij,ij->i", ref_loc.joints[side].axes_lps @ r.T, loc.joints[side].axes_lps)
-        assert np.degrees(np.arccos(np.clip(turned, -1, 1))).max() < 3.0, side
+        assert np.degrees(np.arccos(np.clip(turned, -1, 1))).max() < 1.5, side
         # the shipped grader (the issue's stress criterion): at most one step, the same 3-category result
         assert abs(res.joints[side].grade - ref.joints[side].grade) <= 1, side
         assert res.joints[side].category3 == ref.joints[side].category3, side

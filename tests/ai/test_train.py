@@ -102,6 +102,34 @@ def test_resume_continues_from_the_checkpoint(zero_vs_four, tmp_path):
     assert [h["epoch"] for h in b.metadata["training_data"]["history"]] == [1, 2, 3]
 
 
+@pytest.mark.slow  # two short trainings with calibration: about a minute on an idle machine
+def test_fine_tuning_starts_from_the_init_bundle_and_records_its_frame(zero_vs_four, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from sirad_viewer.ai.train import train_grader
+
+    tiny = {"init_features": 4, "growth_rate": 4, "block_config": [2]}
+    kw = dict(spacing_mm=2.5, size=32, batch_size=4, device="cpu", progress=False, patience=50, epochs=1)
+    a = train_grader(zero_vs_four, tmp_path / "a", config=tiny, log_fn=lambda m: None, **kw)
+    shutil.copytree(tmp_path / "a" / "cache", tmp_path / "b" / "cache")  # same crops: same spec and segmenter
+    msgs: list[str] = []
+    b = train_grader(zero_vs_four, tmp_path / "b", init=a.path, lr=1e-12, augmentation="inplane", select="score",
+                     test_time_turns=4, config={"init_features": 99}, log_fn=msgs.append, **kw)
+    assert any(m.startswith("starting from") for m in msgs) and any(m.startswith("start: val accuracy") for m in msgs)
+    assert b.metadata["architecture"] == a.metadata["architecture"]  # the init's network, not 'config'
+    wa, wb = load_file(str(a.path / "model.safetensors")), load_file(str(b.path / "model.safetensors"))
+    # lr ~0: the weights are still the init's (batch-norm running statistics do move in training mode)
+    assert all(float((wa[k].float() - wb[k].float()).abs().max()) < 1e-6 for k in wa
+               if "running_" not in k and "num_batches" not in k)
+    assert b.metadata["input"]["test_time_turns"] == 4 and b.metadata["input"]["long_axis"] == "outline"
+    h = b.metadata["training_data"]["history"][0]
+    assert 0.0 <= h["val_stress_kept_3"] <= 1.0 and "val_accuracy_3" in h
+    with pytest.raises(ValueError, match="augmentation"):
+        train_grader(zero_vs_four, tmp_path / "c", augmentation="heavy", **kw)
+
+
 def test_segmenter_trains_on_several_data_sets(tmp_path, small_phantom):
     # train_demo_models.sh trains the UNet on atlas phantoms plus analytic ones: two DATA.csv files
     from sirad_viewer.ai.bundle import load_bundle
