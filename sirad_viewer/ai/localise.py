@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 SACRUM, LEFT_ILIUM, RIGHT_ILIUM = 1, 2, 3
 SIDES = {"left": LEFT_ILIUM, "right": RIGHT_ILIUM}
 # bumped whenever the boxes a CT gets change (caches of crops and logits are keyed by it)
-LOCALISATION_VERSION = "2-refined"
+LOCALISATION_VERSION = "3-anchored"  # 3: the curvature frame stays on the coarse joint centre
 # refine_joint(long_axis="curvature"): the bend's direction is signed to point within 90 degrees of
 # this direction in the coarse box's plane, counted from its long axis (superior) towards posterior
 CURVATURE_REFERENCE_DEG = 110.0  # where the fewest training joints lie near +-90 degrees from it
@@ -344,7 +344,8 @@ def _huber_plane(X: np.ndarray, y: np.ndarray, weights: np.ndarray, *, k: float 
 
 def refine_joint(volume, box: JointBox, *, half_mm: float = 40.0, step_mm: float = 1.5, search_mm: float = 8.0,
                  iterations: int = 6, min_depth_hu: float = 200.0, min_points: int = 60,
-                 long_axis: str = "outline") -> tuple[JointBox, str | None]:
+                 long_axis: str = "outline", near_mm: float = 12.0, max_shift_mm: float = 16.0,
+                 max_shift_ap_mm: float = 6.0) -> tuple[JointBox, str | None]:
     """The joint box re-fitted to the joint space seen in the CT at full resolution.
 
     The coarse box comes from a label map on a 4 mm grid: its centre and axes move by millimetres
@@ -363,6 +364,15 @@ def refine_joint(volume, box: JointBox, *, half_mm: float = 40.0, step_mm: float
     its own plane its outline fixes the axis only to about 2 degrees, while its bend fixes it to a
     few tenths (``tools/rotation_check.py``).
 
+    With ``"curvature"`` the refined box stays on the segmentation's joint: of the patches of gap
+    points only those reaching within ``near_mm`` of the coarse centre count (elsewhere in the
+    80 mm window a wider dark line between bone, e.g. at the ligamentous part or the hip, can hold
+    more contrast than a narrow or ankylosed joint), and where the gap points' centroid still ends
+    outside the ellipse of half-axes ``max_shift_mm`` (along the coarse box's long axis) and
+    ``max_shift_ap_mm`` (anteroposterior) around the coarse centre, the centre is the coarse one
+    projected onto the fitted plane (the fitted axes are kept). Without both, the centre walked up to
+    50 mm along the surface, away from the true joint centre on held-out phantoms.
+
     Returns the refined box and ``None``, or the coarse box and the reason it was kept (a joint
     with too little visible joint space, e.g. ankylosed or at very low resolution).
     """
@@ -372,6 +382,8 @@ def refine_joint(volume, box: JointBox, *, half_mm: float = 40.0, step_mm: float
         raise ValueError(f"long_axis must be 'outline', 'curvature' or 'coarse', not {long_axis!r}")
     centre = np.asarray(box.center_lps_mm, float).copy()
     axes = np.asarray(box.axes_lps, float).copy()
+    anchored = long_axis == "curvature"
+    anchor = centre.copy()
     phi = np.radians(CURVATURE_REFERENCE_DEG)
     ref = np.cos(phi) * axes[0] + np.sin(phi) * axes[1]  # sign reference of the curvature axis
     g = np.arange(-half_mm, half_mm + 1e-6, step_mm)
@@ -389,7 +401,16 @@ def refine_joint(volume, box: JointBox, *, half_mm: float = 40.0, step_mm: float
         # one joint surface: the connected patch of gap points holding the most contrast (other
         # dark lines between bright bone nearby, e.g. a vessel canal or the hip, fall away)
         lab, n = ndimage.label(ok, structure=np.ones((3, 3)))
-        if n > 1:
+        if anchored:  # only patches that reach the segmentation's joint centre
+            au, av = (anchor - centre) @ axes[0], (anchor - centre) @ axes[1]
+            near = np.unique(lab[ok & ((uu - au) ** 2 + (vv - av) ** 2 <= near_mm ** 2)])
+            near = near[near > 0]
+            if len(near) == 0:
+                return box, (f"no {box.side} joint space is visible within {near_mm:.0f} mm of the segmentation's joint "
+                             "centre; its box comes from the segmentation alone")
+            sums = ndimage.sum(weight, lab, index=near)
+            ok = lab == int(near[int(np.argmax(sums))])
+        elif n > 1:
             sums = ndimage.sum(weight, lab, index=np.arange(1, n + 1))
             ok = lab == (1 + int(np.argmax(sums)))
         if int(ok.sum()) < min_points:
@@ -444,6 +465,13 @@ def refine_joint(volume, box: JointBox, *, half_mm: float = 40.0, step_mm: float
         centre, axes = p_c, new_axes
         if moved < 0.05 and turned < 0.05:
             break
+    if anchored:
+        off = anchor - centre
+        ba = np.asarray(box.axes_lps, float)
+        # an ellipse in the coarse box's plane: long along the joint, where the coarse centre itself moves
+        # most when the pelvis turns (11 mm for a 15-degree turn of a held-out phantom)
+        if np.hypot(off @ ba[0] / max_shift_mm, off @ ba[1] / max_shift_ap_mm) > 1.0:
+            centre = anchor - float(off @ axes[2]) * axes[2]
     return JointBox(box.side, centre, axes, box.size_mm.copy(), box.contact_voxels), None
 
 

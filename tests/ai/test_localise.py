@@ -13,7 +13,7 @@ def _unit(v):
     return v / np.linalg.norm(v)
 
 
-def _joint_ct(centre, axes, *, spacing=1.0, n=84, seed=0):
+def _joint_ct(centre, axes, *, spacing=1.0, n=84, seed=0, patch_u=0.0):
     """Two bones meeting along a tilted plane: cortices either side of a 2.5 mm joint space, over an
     elliptic auricular patch 60 x 34 mm (long axis ``axes[0]``); soft tissue outside; CT noise."""
     rng = np.random.default_rng(seed)
@@ -24,7 +24,7 @@ def _joint_ct(centre, axes, *, spacing=1.0, n=84, seed=0):
     u, v, w = (ax[r, 0] * k[:, None, None] + ax[r, 1] * k[None, :, None] + ax[r, 2] * k[None, None, :] for r in range(3))
     a = np.abs(w)
     hu = np.where(a < 1.25, 30.0, np.where(a < 3.0, 1300.0, np.where(a < 22.0, 280.0, 20.0))).astype(np.float32)
-    patch = (u / 30.0) ** 2 + (v / 17.0) ** 2 <= 1.0
+    patch = ((u - patch_u) / 30.0) ** 2 + (v / 17.0) ** 2 <= 1.0
     hu[~patch & (a < 22.0)] = 20.0
     hu += rng.normal(0, 20, hu.shape).astype(np.float32)
     return Volume(hu, aff)
@@ -57,6 +57,32 @@ def test_refined_box_finds_the_joint_plane_centre_and_long_axis(side):
     assert _angle(box.axes_lps[0], long) < 2.0
     assert box.axes_lps[2] @ normal > 0 and box.axes_lps[0] @ long > 0  # orientation kept (lateral, superior)
     np.testing.assert_allclose(box.size_mm, coarse.size_mm)
+
+
+@pytest.mark.parametrize("patch_u", [24.0, 50.0])
+def test_curvature_frame_stays_on_the_segmentations_joint_centre(patch_u):
+    """The joint space visible only off the coarse centre (the rest ankylosed): the refined centre
+    used to walk along the surface to that patch (up to 50 mm from the true joint centre on held-out
+    phantoms); now it stays at the coarse centre, on the fitted plane (or the coarse box is kept where
+    no joint space reaches near the coarse centre)."""
+    centre = np.array([10.0, -20.0, 35.0])
+    normal = _unit([0.9, 0.25, -0.2])
+    long = _unit(np.cross(normal, [0.0, 1.0, 0.0]))
+    long = long if long[2] > 0 else -long
+    ap = np.cross(normal, long)
+    truth = np.stack([long, ap, normal])
+    vol = _joint_ct(centre, truth, patch_u=patch_u)
+    coarse = JointBox("left", centre + 2.0 * normal, truth, np.array([60.0, 40.0, 20.0]), 99)
+    box, why = refine_joint(vol, coarse, long_axis="curvature")
+    d = box.center_lps_mm - centre
+    assert np.hypot(d @ long, d @ ap) < 1.0, (d @ long, d @ ap)
+    if patch_u < 40.0:
+        assert why is None and abs(float(d @ normal)) < 0.3  # on the joint plane fitted to the patch
+    else:
+        assert box is coarse and "within" in why
+    # the outline frame (the bundles before 0.3.0 were trained on it) is unchanged: it follows the patch
+    box, why = refine_joint(vol, coarse, long_axis="outline")
+    assert why is None and (box.center_lps_mm - centre) @ long > 15.0
 
 
 def test_without_a_visible_joint_space_the_coarse_box_stays_and_says_why():

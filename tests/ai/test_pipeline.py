@@ -96,9 +96,13 @@ _ROT_REF: dict = {}
 
 def _refined(grader, vol):
     """Segmentation -> localisation -> the frame refined on the CT with the surface's bend as in-plane axis
-    (``long_axis="curvature"``) -> crops in that frame, as a bundle trained on it grades them."""
+    (``long_axis="curvature"``) -> crops in that frame, as a bundle trained on it grades them (a bundle
+    that refines its frame itself: its own box and crops, exactly as it grades)."""
     from sirad_viewer.ai.localise import localise, refine_joints
 
+    if grader.spec.refine_frame:
+        loc = grader(vol, heatmaps=False).localisation
+        return loc, grader.crops(vol, loc)
     seg = grader.segment(vol, [])
     loc = refine_joints(vol, localise(seg.coarse_labels, seg.affine), long_axis="curvature")
     return loc, {s: GR.extract_crop(vol, loc.joints[s].center_lps_mm, s, grader.spec, axes=loc.joints[s].axes_lps)
