@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval", action="append", default=[], metavar="LABEL=DIR")
     ap.add_argument("--seg", help="segmentation bundle")
     ap.add_argument("--bench", help="benchmarks/results.json (or results_grade.json)")
+    ap.add_argument("--bench-note", default="", help="one line under the Speed heading: when, how and under what load")
     ap.add_argument("--demo-json", help="`sirad grade --json` output on the real demo CT")
     ap.add_argument("--seg-eval", help="`sirad evaluate-segmenter --out` JSON (Dice, seen and held-out subjects apart)")
     ap.add_argument("--stress", help="`sirad evaluate --stress` output folder")
@@ -188,7 +189,7 @@ and reliability diagrams are in the evaluation below."""
     if a.bench and Path(a.bench).exists():
         rows = [r for r in json.loads(Path(a.bench).read_text()) if r["name"].startswith(("grade", "cold"))]
         if rows:
-            text += "\n## Speed (`make bench`, this machine)\n\n| benchmark | ours | baseline | unit | x better | baseline |\n|---|---|---|---|---|---|\n"
+            text += "\n## Speed (`make bench`, this machine)\n\n" + (a.bench_note + "\n\n" if a.bench_note else "") + "| benchmark | ours | baseline | unit | x better | baseline |\n|---|---|---|---|---|---|\n"
             text += "".join(f"| {r['name']} | {r['ours']} | {r['baseline'] if r['baseline'] is not None else '-'} | "
                             f"{r['unit']} | {r['ratio'] if r['ratio'] is not None else '-'} | {r['baseline_name']} |\n"
                             for r in rows)
