@@ -236,6 +236,16 @@ def _augment(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> tupl
     return np.ascontiguousarray(img), np.ascontiguousarray(lab)
 
 
+def optimiser_step(net, loss_fn, opt, sched, x, y) -> float:
+    """One training step (loss, backward, optimiser and schedule); returns the loss (both segmenter stages)."""
+    loss = loss_fn(net(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
 def train_segmenter(data_csv: str | Path | list[str | Path], out_dir: str | Path, *, spacing_mm: float = 4.0, steps: int = 800,
                     channels: tuple[int, ...] = (8, 16, 32, 64), num_res_units: int = 2, lr: float = 3e-3,
                     seed: int = 0, name: str = "pelvis-unet-demo", version: str = "0.1.0",
@@ -278,13 +288,9 @@ def train_segmenter(data_csv: str | Path | list[str | Path], out_dir: str | Path
         img, lab = _augment(*pairs[int(rng.integers(len(pairs)))], rng)
         x = torch.from_numpy(normalise(img, window))[None, None]
         y = torch.from_numpy(lab)[None, None]
-        loss = loss_fn(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        loss = optimiser_step(net, loss_fn, opt, sched, x, y)
         if progress:
-            progress(step + 1, steps, float(loss.detach()))
+            progress(step + 1, steps, loss)
     meta = {
         "name": name, "version": version, "task": "segmentation", "architecture": arch,
         "input": {"spacing_mm": [spacing_mm] * 3, "size": [0, 0, 0], "intensity_window_hu": window,

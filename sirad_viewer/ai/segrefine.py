@@ -229,6 +229,7 @@ def train_refiner(data_csv, bundle_dir: str | Path, *, steps: int = 1000, lr: fl
     from safetensors.torch import save_file
 
     from sirad_viewer.ai.bundle import load_bundle, sha256_of
+    from sirad_viewer.ai.segnet import optimiser_step
 
     bundle_dir = Path(bundle_dir)
     bundle = load_bundle(bundle_dir)
@@ -302,13 +303,9 @@ def train_refiner(data_csv, bundle_dir: str | Path, *, steps: int = 1000, lr: fl
         shp = np.min([y.shape for y in ys], axis=0)  # a small box can be below the crop size
         x = torch.from_numpy(np.stack([a[:, :shp[0], :shp[1], :shp[2]] for a in xs]))
         y = torch.from_numpy(np.stack([b[:shp[0], :shp[1], :shp[2]] for b in ys]))[:, None]
-        loss = loss_fn(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        loss = optimiser_step(net, loss_fn, opt, sched, x, y)
         if progress:
-            progress(step + 1, steps, float(loss.detach()))
+            progress(step + 1, steps, loss)
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
             save(step + 1)
     return {"cases": len(cases), "steps": steps, "seconds": round(time.time() - t0, 1), "seconds_prepare": round(t_prep, 1)}
