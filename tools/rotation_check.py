@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     ap.add_argument("case", nargs="*", default=["29", "1", "3", "3"], help="SUBJECT LEFT RIGHT SEED")
     ap.add_argument("--no-refine", action="store_true", help="boxes from the 4 mm segmentation alone (before)")
     ap.add_argument("--bundle", help="grading bundle folder (default: the installed one)")
-    ap.add_argument("--long-axis", choices=("outline", "curvature"),
+    ap.add_argument("--long-axis", choices=("outline", "curvature", "coarse", "planes"),
                     help="the refined frame's in-plane axis (default: the installed bundle's, else curvature)")
     a = ap.parse_args(argv)
     subj, left, right, seed = a.case[0], int(a.case[1]), int(a.case[2]), int(a.case[3])

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 SACRUM, LEFT_ILIUM, RIGHT_ILIUM = 1, 2, 3
 SIDES = {"left": LEFT_ILIUM, "right": RIGHT_ILIUM}
 # bumped whenever the boxes a CT gets change (caches of crops and logits are keyed by it)
-LOCALISATION_VERSION = "3-anchored"  # 3: the curvature frame stays on the coarse joint centre
+LOCALISATION_VERSION = "4-planes"  # 3: the curvature frame stays on the coarse joint centre; 4: so does "coarse"
 # refine_joint(long_axis="curvature"): the bend's direction is signed to point within 90 degrees of
 # this direction in the coarse box's plane, counted from its long axis (superior) towards posterior
 CURVATURE_REFERENCE_DEG = 110.0  # where the fewest training joints lie near +-90 degrees from it
@@ -382,7 +382,7 @@ def refine_joint(volume, box: JointBox, *, half_mm: float = 40.0, step_mm: float
         raise ValueError(f"long_axis must be 'outline', 'curvature' or 'coarse', not {long_axis!r}")
     centre = np.asarray(box.center_lps_mm, float).copy()
     axes = np.asarray(box.axes_lps, float).copy()
-    anchored = long_axis == "curvature"
+    anchored = long_axis in ("curvature", "coarse")
     anchor = centre.copy()
     phi = np.radians(CURVATURE_REFERENCE_DEG)
     ref = np.cos(phi) * axes[0] + np.sin(phi) * axes[1]  # sign reference of the curvature axis
@@ -496,11 +496,49 @@ def _curvature_direction(q: np.ndarray, y: np.ndarray, wts: np.ndarray, fallback
     return evec[:, int(np.argmax(np.abs(ev)))]
 
 
+# refine_joints(long_axis="planes"): the two refined joint planes must differ by at least this much for
+# the line where they meet to be well defined (the auricular surfaces of a pelvis meet at 25-70 degrees)
+PLANES_MIN_DEG = 15.0
+
+
 def refine_joints(volume, loc: Localisation, *, long_axis: str = "outline") -> Localisation:
-    """``loc`` with each joint box re-fitted to the CT at full resolution (:func:`refine_joint`)."""
+    """``loc`` with each joint box re-fitted to the CT at full resolution (:func:`refine_joint`).
+
+    ``long_axis="planes"``: each joint is refined as with ``"coarse"`` (centre anchored to the
+    segmentation's joint, normal from the joint space), then both boxes take as their long axis the
+    line where the two refined joint planes meet (the cross product of the two normals), pointing
+    superior. Each normal is fixed by the CT to a few tenths of a degree, so that line is too, and it
+    lies in both planes by construction; the segmentation's own long axis (the sacral axis projected)
+    turns by 1-5 degrees when the pelvis turns by 15, which decorrelates the crop's rim. Where a joint
+    could not be refined, or the planes are too nearly parallel (:data:`PLANES_MIN_DEG`), both keep
+    the ``"coarse"`` axis and a warning says so.
+    """
     joints, warns = {}, list(loc.warnings)
+    refined = {}
     for side, box in loc.joints.items():
-        joints[side], why = refine_joint(volume, box, long_axis=long_axis)
+        joints[side], why = refine_joint(volume, box, long_axis="coarse" if long_axis == "planes" else long_axis)
+        refined[side] = why is None
         if why:
             warns.append(why)
+    if long_axis == "planes" and set(joints) == {"left", "right"}:
+        nl, nr = joints["left"].axes_lps[2], joints["right"].axes_lps[2]
+        line = np.cross(nl, nr)
+        deg = float(np.degrees(np.arcsin(np.clip(np.linalg.norm(line), 0.0, 1.0))))
+        if not all(refined.values()):
+            warns.append("the joints' long axis comes from the segmentation: a joint space was not visible")
+        elif deg < PLANES_MIN_DEG:
+            warns.append(f"the two joint planes differ by only {deg:.0f} degrees; the joints' long axis comes from "
+                         "the segmentation")
+        else:
+            line = _unit(line)
+            for side, b in joints.items():
+                ax = np.asarray(b.axes_lps, float)
+                long = _unit(line - (line @ ax[2]) * ax[2])
+                if long @ ax[0] < 0:
+                    long = -long
+                ap = _unit(np.cross(ax[2], long))
+                if ap @ ax[1] < 0:
+                    ap = -ap
+                joints[side] = JointBox(side, b.center_lps_mm, np.stack([long, ap, ax[2]]), b.size_mm.copy(),
+                                        b.contact_voxels)
     return Localisation(joints, loc.sacral_axis, warns, loc.sacrum_limit)
