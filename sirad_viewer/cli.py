@@ -390,7 +390,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                      size=args.size, frame=args.frame, config=json.loads(args.config) if args.config else None,
                      init=args.init, long_axis=args.long_axis, augmentation=args.augmentation, select=args.select,
                      test_time_turns=args.test_time_turns, hu_reference=args.hu_reference,
-                     pre_blur_fwhm_mm=args.pre_blur)
+                     pre_blur_fwhm_mm=args.pre_blur, consistency=args.consistency,
+                     test_time_jitter=tuple(args.test_time_jitter) if args.test_time_jitter else (0.0, 0.0))
     m = b.metadata
     print(f"wrote {b.path}: {b.name} {b.version}, temperature {m['calibration']['temperature']}, "
           f"validation accuracy {m['metrics']['validation']['accuracy']}, "
@@ -748,8 +749,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     t.add_argument("--init", help="fine-tune: start from this grading bundle's weights (and architecture)")
-    t.add_argument("--long-axis", default="outline", choices=("outline", "curvature"),
-                   help="in-plane axis of the refined joint frame: the surface outline's or its bend's (stabler)")
+    t.add_argument("--long-axis", default="outline", choices=("outline", "curvature", "coarse", "planes", "segmentation"),
+                   help="in-plane axis of the refined joint frame: the surface outline's, its bend's, the segmentation's, "
+                        "or the line where the two joint planes meet (stablest under a turned pelvis); 'segmentation': "
+                        "the segmentation's box as it is, not refined on the CT (as 0.2.0)")
+    t.add_argument("--test-time-jitter", type=float, nargs=2, metavar=("SHIFT_MM", "TURN_DEG"),
+                   help="grade each crop also moved by +-SHIFT_MM along and turned by +-TURN_DEG about each of its axes, "
+                        "and average (a frame error of that size then hardly moves the grade)")
+    t.add_argument("--consistency", type=float, default=0.0, metavar="WEIGHT",
+                   help="train on two nuisance-augmented views of each joint and penalise their disagreement "
+                        "(symmetric KL, this weight): grades that a softer kernel or a HU offset does not move")
     t.add_argument("--augmentation", default="stress", choices=("stress", "inplane"),
                    help="per-sample nuisances: the stress sweep's, or those plus any in-plane turn (for --long-axis curvature)")
     t.add_argument("--select", default="loss", choices=("loss", "score"),

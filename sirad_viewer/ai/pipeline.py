@@ -354,12 +354,14 @@ class Grader:
         """Raw logits (N, 5) and penultimate features (N, F) in one forward pass.
 
         A bundle with ``input.test_time_turns`` > 1 (trained to read a joint at any in-plane angle)
-        gets each crop at that many in-plane quarter turns in the same batch, logits and features averaged.
+        gets each crop at that many in-plane quarter turns in the same batch, logits and features averaged;
+        one with ``input.test_time_jitter`` also at nearby frames (:func:`grading.frame_jitter`).
         """
         import torch
 
         n = len(crops)
         x = GR.quarter_turns(np.stack([GR.model_input(c, self.spec) for c in crops])[:, None], self.spec.turns)
+        x = GR.frame_jitter(x, self.spec)  # input.test_time_jitter: averaged over nearby frames too
         x = np.ascontiguousarray(x)
 
         def run(d: str) -> tuple[np.ndarray, np.ndarray]:

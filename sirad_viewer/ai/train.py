@@ -276,6 +276,15 @@ def _stressed(c: np.ndarray, spec, kind: dict[str, float], rng) -> np.ndarray:
     return x
 
 
+def consistency_loss(logits_a, logits_b):
+    """Symmetric Kullback-Leibler divergence between two views' grade distributions, batch mean."""
+    import torch.nn.functional as F
+
+    la, lb = F.log_softmax(logits_a, dim=1), F.log_softmax(logits_b, dim=1)
+    return 0.5 * (F.kl_div(la, lb, log_target=True, reduction="batchmean")
+                  + F.kl_div(lb, la, log_target=True, reduction="batchmean"))
+
+
 def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelBundle | None = None,
                  spacing_mm: float = 1.25, size: int = 64, window_hu: Sequence[float] = (-200.0, 1500.0),
                  config: dict[str, Any] | None = None, epochs: int = 40, batch_size: int = 8, lr: float = 1e-3,
@@ -284,7 +293,8 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
                  device: str = "auto", progress: bool = True, frame: str = "joint",
                  log_fn: Callable[[str], None] | None = None, init: str | Path | None = None,
                  long_axis: str = "outline", augmentation: str = "stress", select: str = "loss",
-                 test_time_turns: int = 1, hu_reference: bool = False, pre_blur_fwhm_mm: float = 0.0) -> ModelBundle:
+                 test_time_turns: int = 1, hu_reference: bool = False, pre_blur_fwhm_mm: float = 0.0,
+                 consistency: float = 0.0, test_time_jitter: tuple[float, float] = (0.0, 0.0)) -> ModelBundle:
     """Train, calibrate and write a grading bundle to ``out_dir``; returns it.
 
     ``init`` : a grading bundle whose weights the training starts from (fine-tuning; its architecture
@@ -296,6 +306,12 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
     many in-plane quarter turns of each crop (validation here does the same). ``hu_reference`` : crops
     referenced to their own soft tissue (:data:`HU_REFERENCE`, ``grading.harmonise``) in training and grading.
     ``pre_blur_fwhm_mm`` : every crop blurred by this much first (``grading.harmonise``).
+    ``test_time_jitter`` : (shift mm, turn degrees) written to the bundle (``input.test_time_jitter``): the
+    grader averages over the crop and 12 nearby frames (``grading.frame_jitter``; validation does the same).
+    ``consistency`` : when > 0, every joint of a batch is drawn twice with independent nuisances, and
+    the loss adds this weight times the symmetric Kullback-Leibler divergence between the two views'
+    predicted grade distributions (:func:`consistency_loss`): augmentation alone teaches each view's
+    label, this also teaches the network to give one joint the same answer whatever the scanner did.
     """
     import torch
 
@@ -326,13 +342,21 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
     meta: dict[str, Any] = {
         "name": name, "version": version, "task": "grading", "architecture": arch,
         "input": {"spacing_mm": [spacing_mm] * 3, "size": [size] * 3, "intensity_window_hu": list(window_hu),
-                  "mirror_left": True, "frame": frame, "refine_frame": frame == "joint", "long_axis": long_axis,
+                  "mirror_left": True, "frame": frame,
+                  # long_axis "segmentation": the segmentation's box as it is (no refinement on the CT)
+                  "refine_frame": frame == "joint" and long_axis != "segmentation",
+                  "long_axis": "outline" if long_axis == "segmentation" else long_axis,
                   "test_time_turns": int(test_time_turns),
                   **({"hu_reference": dict(HU_REFERENCE)} if hu_reference else {}),
                   **({"pre_blur_fwhm_mm": float(pre_blur_fwhm_mm)} if pre_blur_fwhm_mm > 0 else {}),
+                  **({"test_time_jitter": {"shift_mm": float(test_time_jitter[0]), "turn_deg": float(test_time_jitter[1])}}
+                     if max(test_time_jitter) > 0 else {}),
                   "orientation": ("the joint box's axes refined on the CT (slice: the direction of the joint surface's "
                                   "largest bend; row: perpendicular to it in the joint plane; column: the joint normal, "
                                   "medial), centred on the joint" if frame == "joint" and long_axis == "curvature" else
+                                  "the joint box's axes refined on the CT (slice: the line where the two joint planes "
+                                  "meet, superior; row: anteroposterior in the joint plane, posterior; column: the joint "
+                                  "normal, medial), centred on the joint" if frame == "joint" and long_axis == "planes" else
                                   "the joint box's axes (slice: the joint's long axis, superior; row: anteroposterior, "
                                   "posterior; column: the joint normal, medial), centred on the joint" if frame == "joint"
                                   else "canonical LPS axes (slice superior, row posterior, column patient left), "
@@ -383,7 +407,7 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
 
     def turned_logits(model, x: np.ndarray) -> np.ndarray:
         """Logits of a normalised batch, averaged over the bundle's test-time quarter turns."""
-        xt = np.ascontiguousarray(GR.quarter_turns(x, grader.spec.turns))
+        xt = np.ascontiguousarray(GR.frame_jitter(GR.quarter_turns(x, grader.spec.turns), grader.spec))
         lg = model(torch.from_numpy(xt).to(dev)).float().cpu().numpy()
         return lg.reshape(-1, len(x), lg.shape[1]).mean(0)
 
@@ -399,8 +423,10 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
     for gi, grp in enumerate(groups):
         group_of[list(grp)] = gi
     srng = np.random.default_rng(12345)
+    # quarter turns in plane only matter for a frame whose in-plane axis differs from joint to joint (the bend's)
+    checks = [(n, k) for n, k in VAL_STRESS if "rot90" not in k or long_axis == "curvature" or test_time_turns > 1]
     stressed = {name: np.stack([GR.model_input(_stressed(items[i]["crop"], grader.spec, kind, srng), grader.spec)
-                                for i in va])[:, None] for name, kind in VAL_STRESS}
+                                for i in va])[:, None] for name, kind in checks}
 
     def val_stress(model, base_pred: np.ndarray) -> dict[str, float]:
         """Share of validation joints whose 3-category result each crop-level nuisance keeps."""
@@ -427,7 +453,13 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
             idx = order[k:k + batch_size]
             xb = torch.from_numpy(_batch(items, idx, rng, grader.spec, augment=True, aug=aug)).to(dev)
             yb = torch.tensor([items[i]["grade"] for i in idx], device=dev)
-            loss = loss_fn(net(xb), yb)
+            if consistency > 0:
+                xb2 = torch.from_numpy(_batch(items, idx, rng, grader.spec, augment=True, aug=aug)).to(dev)
+                out = net(torch.cat([xb, xb2]))
+                la, lb = out[:len(idx)], out[len(idx):]
+                loss = 0.5 * (loss_fn(la, yb) + loss_fn(lb, yb)) + consistency * consistency_loss(la, lb)
+            else:
+                loss = loss_fn(net(xb), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -479,6 +511,9 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
                              "grade_counts_train": counts.astype(int).tolist(), "sites": sites,
                              "skipped_cases": len(problems), "epochs_run": len(history), "history": history,
                              "segmentation_bundle": f"{segmenter.name} {segmenter.version}",
+                             "recipe": {"augmentation": augmentation, "consistency": float(consistency), "select": select,
+                                        "lr": lr, "epochs": epochs, "patience": patience, "batch_size": batch_size,
+                                        "seed": seed},
                              **({"initialised_from": f"{start_bundle.name} {start_bundle.version}"} if start_bundle else {})}
     meta["intended_use"] = ("Research and demonstration of the SIRAD workflow: grading sacroiliac joints on the modified "
                             "New York scale from pelvic CT, as a second reader after the radiologist's own grade.")

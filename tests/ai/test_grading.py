@@ -303,3 +303,26 @@ def test_hu_reference_cancels_a_scanner_offset_and_the_blur_floor_is_read_from_t
     assert blurred.std() < 0.8 * GR.harmonise(hu, spec).std()
     with pytest.raises(ValueError, match="hu_reference"):
         GR.CropSpec.from_metadata({"input": {**meta["input"], "hu_reference": {"window_hu": [0]}}})
+
+
+def test_frame_jitter_moves_and_turns_each_crop_and_is_read_from_the_bundle():
+    from scipy import ndimage
+
+    meta = {"input": {"spacing_mm": [1.5] * 3, "size": [16] * 3, "intensity_window_hu": [-200, 1500],
+                      "mirror_left": True, "frame": "joint"}}
+    spec = GR.CropSpec.from_metadata(meta)
+    x = np.random.default_rng(0).normal(size=(2, 1, 16, 16, 16)).astype(np.float32)
+    assert GR.frame_jitter(x, spec) is x  # no jitter in the bundle: the crop alone
+    meta["input"]["test_time_jitter"] = {"shift_mm": 3.0, "turn_deg": 5.0}
+    spec = GR.CropSpec.from_metadata(meta)
+    assert spec.jitter == (3.0, 5.0)
+    y = GR.frame_jitter(x, spec)
+    assert y.shape == (26, 1, 16, 16, 16)
+    np.testing.assert_array_equal(y[:2], x)  # perturbation-major: the crop as it is first
+    # the first move: -3 mm (2 voxels) along the slice axis
+    want = ndimage.shift(x[1, 0], (2.0, 0.0, 0.0), order=1, mode="nearest", prefilter=False)
+    np.testing.assert_allclose(y[3, 0], want, atol=1e-5)
+    assert all(not np.allclose(y[2 * k:2 * k + 2], x) for k in range(1, 13))
+    meta["input"]["test_time_jitter"] = {"shift_mm": 30.0, "turn_deg": 5.0}
+    with pytest.raises(ValueError, match="test_time_jitter"):
+        GR.CropSpec.from_metadata(meta)

@@ -168,3 +168,32 @@ def test_segmenter_trains_on_several_data_sets(tmp_path, small_phantom):
         want = 0.75 * torch.as_tensor(sd1[k]).float() + 0.25 * torch.as_tensor(sd3[k]).float()
         assert torch.allclose(torch.as_tensor(sd4[k]).float(), want, atol=1e-6), k
     assert "0.25" in load_bundle(b4.path).metadata["training_data"]["weight_average"]
+
+
+def test_consistency_loss_is_zero_for_agreeing_views_and_symmetric_otherwise():
+    import torch
+
+    from sirad_viewer.ai.train import consistency_loss
+
+    a = torch.tensor([[2.0, 0.5, -1.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0, -2.0]], requires_grad=True)
+    b = torch.tensor([[0.0, 2.0, -1.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0, -2.0]])
+    assert float(consistency_loss(a, a + 7.0)) == pytest.approx(0.0, abs=1e-6)  # the same distribution
+    la, lb = float(consistency_loss(a, b)), float(consistency_loss(b, a))
+    assert la > 0.1 and la == pytest.approx(lb)
+    consistency_loss(a, b).backward()
+    assert float(a.grad[0].abs().sum()) > 0 and float(a.grad[1].abs().sum()) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_training_with_two_views_records_its_recipe(zero_vs_four, tmp_path):
+    from sirad_viewer.ai.train import train_grader
+
+    tiny = {"init_features": 4, "growth_rate": 4, "block_config": [2]}
+    b = train_grader(zero_vs_four, tmp_path / "b", config=tiny, spacing_mm=2.5, size=32, batch_size=4, device="cpu",
+                     progress=False, patience=50, epochs=1, consistency=1.0, long_axis="segmentation",
+                     test_time_jitter=(1.5, 4.0), log_fn=lambda m: None)
+    r = b.metadata["training_data"]["recipe"]
+    assert r["consistency"] == 1.0 and r["augmentation"] == "stress" and r["select"] == "loss"
+    inp = b.metadata["input"]
+    # the segmentation's box as it is (as 0.2.0), graded over 13 nearby frames
+    assert inp["refine_frame"] is False and inp["long_axis"] == "outline"
+    assert inp["test_time_jitter"] == {"shift_mm": 1.5, "turn_deg": 4.0}
