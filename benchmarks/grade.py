@@ -69,6 +69,23 @@ elif kind == "careful":
     loader, spacing = LoadImage(image_only=True, ensure_channel_first=True), Spacing(pixdim=sp, mode="bilinear")
     fit, scale = ResizeWithPadOrCrop(size, mode="constant", value=-1024), ScaleIntensityRange(lo, hi, 0.0, 1.0, clip=True)
     extent = max(n * s for n, s in zip(size, sp)) * 1.45  # the crop's diagonal plus a margin, in mm
+    # the same model as the pipeline's: a bundle that averages over nearby frames (input.test_time_jitter) is run
+    # here on the same 12 moves and turns, with MONAI's Affine (border padding, as the pipeline's nearest fill)
+    from monai.transforms import Affine
+    jit = inp.get("test_time_jitter")
+    moves = []
+    if jit:
+        for ax in range(3):
+            for sgn in (-1.0, 1.0):
+                t = [0.0, 0.0, 0.0]
+                t[ax] = sgn * float(jit["shift_mm"]) / sp[ax]
+                moves.append(Affine(translate_params=t, padding_mode="border", image_only=True))
+        for ax in range(3):
+            for sgn in (-1.0, 1.0):
+                r = [0.0, 0.0, 0.0]
+                r[ax] = np.radians(sgn * float(jit["turn_deg"]))
+                moves.append(Affine(rotate_params=r, padding_mode="border", image_only=True))
+    ref = inp.get("hu_reference")
 
     def run():
         t = time.perf_counter()
@@ -81,13 +98,22 @@ elif kind == "careful":
         for side, c in centres.items():  # cut a block around the joint BEFORE resampling
             ijk = np.rint(inv @ np.array([-c[0], -c[1], c[2], 1.0]))[:3].astype(int)  # LPS -> RAS -> voxel
             block = SpatialCrop(roi_center=ijk.tolist(), roi_size=np.ceil(extent / vox).astype(int).tolist())(img)
-            x = scale(fit(spacing(block)))
+            x = fit(spacing(block))
+            if ref:  # HU referenced to the crop's muscle peak (5 HU bins smoothed over 10 HU), as the bundle says
+                from scipy.ndimage import gaussian_filter1d
+                edges = np.arange(ref["window_hu"][0], ref["window_hu"][1] + 2.5, 5.0)
+                cnt = gaussian_filter1d(np.histogram(np.asarray(x), bins=edges)[0].astype(float), 2.0)
+                x = x - float(np.clip(edges[int(np.argmax(cnt))] + 2.5 - ref["level_hu"], -ref["max_shift_hu"],
+                                      ref["max_shift_hu"]))
+            x = scale(x)
             crops.append(x.flip(1) if side == "left" and inp["mirror_left"] else x)
+        crops = crops + [m(cr) for m in moves for cr in crops]
         x = torch.stack([torch.as_tensor(np.asarray(cr)) for cr in crops]).float()
         stages["crop+spacing+scale"] = time.perf_counter() - t2
         t2 = time.perf_counter()
-        with torch.no_grad():
-            grades = net(x).argmax(1).tolist()  # one forward pass, both joints
+        with torch.no_grad():  # one forward pass, both joints (and their nearby frames), logits averaged
+            grades = net(x).reshape(-1, 2, 5).mean(0).argmax(1).tolist()
+            x = x[:2]
         stages["grade"] = time.perf_counter() - t2
         t2 = time.perf_counter()
         maps = [cam(x[k:k + 1], class_idx=g) for k, g in enumerate(grades)]
@@ -240,7 +266,8 @@ def grading(repeat: int = 3) -> list[dict]:
     for label, rs, t in (("sirad grade (warm)", ours, t_o), ("careful MONAI (warm)", careful, t_c),
                          ("DenseNet121 first script (warm)", base, t_b)):
         _split(label, rs, t)
-    careful_name = "careful MONAI: same network + weights, crops cut before Spacing, 1 forward pass, GradCAM (crop space)"
+    careful_name = ("careful MONAI: same network + weights, crops cut before Spacing, HU reference and 13 test-time frames as "
+                    "the bundle says, 1 forward pass, GradCAM (crop space)")
     big_name = "first MONAI script: Spacing on the whole CT + DenseNet121 (11 M params) + GradCAM"
     rows = [
         {"name": "grade 512x512x300 CT, file to both heatmaps (warm)", "ours": round(t_o, 2), "baseline": round(t_c, 2),

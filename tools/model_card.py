@@ -18,6 +18,42 @@ import sys
 from pathlib import Path
 
 
+
+def _input_options(inp: dict) -> str:
+    """The bundle's input options beyond the crop itself, as the grader applies them."""
+    out = []
+    if inp.get("refine_frame"):
+        out.append(f"the joint box re-fitted on the CT first (in-plane axis: {inp.get('long_axis', 'outline')})")
+    else:
+        out.append("the crop along the segmentation's joint box as it is (not refined on the CT)")
+    if inp.get("hu_reference"):
+        r = inp["hu_reference"]
+        out.append(f"HU referenced to the crop's own muscle peak ({r['window_hu'][0]:g}..{r['window_hu'][1]:g} HU peak moved "
+                   f"to {r['level_hu']:g} HU, at most {r['max_shift_hu']:g} HU)")
+    if int(inp.get("test_time_turns", 1)) > 1:
+        out.append(f"logits averaged over {inp['test_time_turns']} in-plane quarter turns")
+    if inp.get("test_time_jitter"):
+        j = inp["test_time_jitter"]
+        out.append(f"logits and features averaged over the crop and 12 nearby frames (moved ±{j['shift_mm']:g} mm along "
+                   f"and turned ±{j['turn_deg']:g}° about each crop axis)")
+    if inp.get("pre_blur_fwhm_mm"):
+        out.append(f"every crop blurred by {inp['pre_blur_fwhm_mm']:g} mm FWHM first")
+    return "\n  " + "; ".join(out) + "." if out else ""
+
+
+def _recipe(td: dict) -> str:
+    r = td.get("recipe") or {}
+    bits = []
+    if td.get("initialised_from"):
+        bits.append(f"fine-tuned from {td['initialised_from']}")
+    if r:
+        bits.append(f"augmentation '{r.get('augmentation')}', lr {r.get('lr')}, batch {r.get('batch_size')}")
+        if r.get("consistency"):
+            bits.append(f"each joint drawn twice with independent nuisances and their disagreement penalised "
+                        f"(symmetric KL, weight {r['consistency']:g})")
+    text = "; ".join(bits)
+    return (" " + text[:1].upper() + text[1:] + ".") if bits else ""
+
 def f(v) -> str:
     return "n/a" if v is None or v != v else f"{v:.3f}"
 
@@ -116,7 +152,7 @@ when the most probable grades would say otherwise, the result says why.
   counted with `torch.utils.flop_counter`); weights {(bundle / meta['weights']['file']).stat().st_size / 1e6:.1f} MB
   (safetensors, sha256 in metadata.json).
 - Input: a {meta['input']['size'][0]}³ crop at {meta['input']['spacing_mm'][0]} mm centred on the joint found by the
-  segmentation bundle; the left joint is mirrored so one network reads both. HU window {meta['input']['intensity_window_hu']}.
+  segmentation bundle; the left joint is mirrored so one network reads both. HU window {meta['input']['intensity_window_hu']}.{_input_options(meta['input'])}
 - Segmentation (joint localisation): {td.get('segmentation_bundle', '?')}"""
     if seg_meta:
         text += f""" — MONAI `UNet` `{json.dumps(seg_meta['architecture']['config'])}` on a
@@ -127,7 +163,7 @@ when the most probable grades would say otherwise, the result says why.
 
 {td.get('train_joints')} joints (grade counts {td.get('grade_counts_train')}) from the `train` split of synthetic
 phantoms (site profile {', '.join(td.get('sites', []))}); {td.get('epochs_run')} epochs, class-weighted
-cross-entropy, early stopping on the validation loss.
+cross-entropy, early stopping on the validation loss.{_recipe(td)}
 
 ## Calibration (post hoc: `sirad calibrate`)
 
