@@ -75,7 +75,7 @@ COMPONENT_INPUTS = {"crop_texture": "texture statistics of the HU crop (ood.crop
                     "penultimate": "pooled features before the grading network's last linear layer"}
 
 
-def forward_with_features(network, x):
+def forward_with_features(network, x, *, maps: bool = False):
     """Logits and penultimate features of a MONAI DenseNet in one forward pass.
 
     Parameters
@@ -85,15 +85,19 @@ def forward_with_features(network, x):
 
     Returns
     -------
-    (logits of shape (N, n_classes), features of shape (N, F)) as tensors
+    (logits of shape (N, n_classes), features of shape (N, F)) as tensors; with ``maps`` also the last
+    feature maps after ``class_layers.relu`` (N, C, d, h, w), from which class activation maps follow
+    (:func:`sirad_viewer.ai.grading.frame_averaged_cams`)
     """
     feats = network.features(x)
-    h = feats
+    h, acts = feats, None
     for name, layer in network.class_layers.named_children():
         if name == "out":
             break
         h = layer(h)
-    return network.class_layers.out(h), h
+        if name == "relu":
+            acts = h
+    return (network.class_layers.out(h), h, acts) if maps else (network.class_layers.out(h), h)
 
 
 def crop_texture(crops: np.ndarray, window_hu: Sequence[float]) -> np.ndarray:

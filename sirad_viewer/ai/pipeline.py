@@ -350,12 +350,13 @@ class Grader:
     def logits(self, crops: Sequence[np.ndarray], warnings: list[str]) -> np.ndarray:
         return self.logits_and_features(crops, warnings)[0]
 
-    def logits_and_features(self, crops: Sequence[np.ndarray], warnings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def logits_and_features(self, crops: Sequence[np.ndarray], warnings: list[str], *, maps: bool = False):
         """Raw logits (N, 5) and penultimate features (N, F) in one forward pass.
 
         A bundle with ``input.test_time_turns`` > 1 (trained to read a joint at any in-plane angle)
         gets each crop at that many in-plane quarter turns in the same batch, logits and features averaged;
         one with ``input.test_time_jitter`` also at nearby frames (:func:`grading.frame_jitter`).
+        ``maps``: also every frame's last feature maps (a tensor, for :func:`grading.frame_averaged_cams`).
         """
         import torch
 
@@ -367,9 +368,10 @@ class Grader:
         def run(d: str) -> tuple[np.ndarray, np.ndarray]:
             net = self.network("grading", d)
             with torch.inference_mode():
-                lg, f = forward_with_features(net, torch.from_numpy(x).to(d))
+                lg, f, acts = forward_with_features(net, torch.from_numpy(x).to(d), maps=True)
                 lg, f = lg.float().cpu().numpy(), f.float().cpu().numpy()
-                return lg.reshape(-1, n, lg.shape[1]).mean(0), f.reshape(-1, n, f.shape[1]).mean(0)
+                out = lg.reshape(-1, n, lg.shape[1]).mean(0), f.reshape(-1, n, f.shape[1]).mean(0)
+                return (*out, acts.float().cpu().clone()) if maps else out
 
         return _on_device(run, self.device, "grade", warnings)
 
@@ -429,7 +431,8 @@ class Grader:
         timings["crop"] = time.perf_counter() - t
 
         t = stage("grade")
-        logits, feats = self.logits_and_features([crops["left"], crops["right"]], warnings)
+        graded = self.logits_and_features([crops["left"], crops["right"]], warnings, maps=heatmaps)
+        logits, feats = graded[:2]
         need_texture = self.record_texture or (self.ood is not None and "crop_texture" in self.ood.inputs)
         texture = crop_texture(np.stack([crops["left"], crops["right"]]), self.spec.window_hu) if need_texture else None
         checks = (self.ood.check({"penultimate": feats, "crop_texture": texture}) if self.ood is not None
@@ -448,12 +451,15 @@ class Grader:
             t = stage("gradcam")
             sides = list(joints)
             targets = [int((heatmap_grades or {}).get(side, joints[side].grade)) for side in sides]
-            x = torch.from_numpy(np.stack([GR.model_input(crops[side], self.spec) for side in sides])[:, None])
+            # from the grade pass's own feature maps, averaged over its frames as its logits were
+            cams = GR.frame_averaged_cams(self.network("grading", self.device), graded[2], targets, self.spec)
+            if cams is None:  # another head: Grad-CAM's backward pass on the crops
+                x = torch.from_numpy(np.stack([GR.model_input(crops[side], self.spec) for side in sides])[:, None])
 
-            def run(d: str):  # both joints in one batch; forward-only CAM (= Grad-CAM for this head)
-                return GR.class_activation_maps(self.network("grading", d), x.to(d), targets)
+                def run(d: str):
+                    return GR.class_activation_maps(self.network("grading", d), x.to(d), targets)
 
-            cams, _ = _on_device(run, self.device, "gradcam", warnings)
+                cams, _ = _on_device(run, self.device, "gradcam", warnings)
             for k, side in enumerate(sides):
                 jr = joints[side]
                 jr.heatmap = GR.cam_to_ct(cams[k], volume, jr.box.center_lps_mm, side, self.spec, jr.box,

@@ -63,3 +63,65 @@ def test_other_heads_use_the_backward_pass_and_still_equal_monai():
     cam, _ = GR.gradcam(net, x, 2)
     ref = _monai_gradcam(reference, x, 2)
     assert abs(cam - ref).max() < 1e-5
+
+
+class _LinearHead(torch.nn.Module):
+    """Only a CAM head (relu -> global average pool -> flatten -> linear) with weight 1 for every grade:
+    its class activation map is the feature map itself."""
+
+    def __init__(self):
+        super().__init__()
+        from collections import OrderedDict
+
+        self.class_layers = torch.nn.Sequential(OrderedDict([
+            ("relu", torch.nn.ReLU()), ("pool", torch.nn.AdaptiveAvgPool3d(1)), ("flatten", torch.nn.Flatten(1)),
+            ("out", torch.nn.Linear(1, 5))]))
+        with torch.no_grad():
+            self.class_layers.out.weight.fill_(1.0)
+
+
+def _spec(turns: int, jitter: tuple[float, float]):
+    import numpy as np
+
+    return GR.CropSpec(spacing_mm=np.array([1.5, 1.5, 1.5]), size=np.array([48, 48, 48]), window_hu=(-200.0, 1500.0),
+                       mirror_left=True, turns=turns, jitter=jitter)
+
+
+@pytest.mark.parametrize("turns,jitter", [(1, (2.0, 5.0)), (4, (3.0, 8.0)), (4, (0.0, 0.0))])
+def test_frame_averaged_cams_move_every_frame_back_into_the_crop(turns, jitter):
+    # a field with one off-centre peak, read as the grade pass reads a crop: at each quarter turn and
+    # test-time frame; its maps (on a 24^3 grid, half the crop's resolution) averaged without moving
+    # them back would smear the peak around the crop's centre
+    import numpy as np
+
+    spec = _spec(turns, jitter)
+    idx = np.indices((48, 48, 48)).astype(np.float32)
+    peak = np.array([31.0, 17.0, 27.0])
+    field = np.exp(-((idx - peak[:, None, None, None]) ** 2).sum(0) / (2 * 4.0 ** 2)).astype(np.float32)
+    x = GR.frame_jitter(GR.quarter_turns(field[None, None], spec.turns), spec)  # (F, 1, 48, 48, 48)
+    acts = torch.from_numpy(x).reshape(len(x), 1, 24, 2, 24, 2, 24, 2).mean(dim=(3, 5, 7))
+    net = _LinearHead()
+    cams = GR.frame_averaged_cams(net, acts, [2], spec)
+    assert cams.shape == (1, 48, 48, 48)
+    truth = GR.frame_averaged_cams(net, acts[:1], [2], _spec(1, (0.0, 0.0)))[0]  # the crop as it is, one frame
+    assert np.corrcoef(cams[0].ravel(), truth.ravel())[0, 1] > 0.99
+    assert np.abs(np.array(np.unravel_index(np.argmax(cams[0]), cams[0].shape)) - peak).max() <= 1.5
+    if turns > 1:  # the quarter turns not undone: the peak is spread over four places
+        naive = acts.mean(0, keepdim=True)
+        same = GR.frame_averaged_cams(net, naive, [2], _spec(1, (0.0, 0.0)))[0]
+        assert np.corrcoef(same.ravel(), truth.ravel())[0, 1] < 0.7  # measured 0.51: one place in four
+
+
+def test_one_frame_cam_from_maps_equals_the_forward_only_cam():
+    import numpy as np
+
+    from sirad_viewer.ai.ood import forward_with_features
+
+    net = _net(CONFIGS[1], "mirror", 7)
+    x = torch.rand(2, 1, 48, 48, 48, generator=torch.Generator().manual_seed(7))
+    cams, _ = GR.class_activation_maps(net, x, [1, 3])
+    with torch.no_grad():
+        _, _, acts = forward_with_features(net, x, maps=True)
+    assert np.abs(GR.frame_averaged_cams(net, acts, [1, 3], _spec(1, (0.0, 0.0))) - cams).max() < 1e-5
+    with pytest.raises(ValueError, match="expected 2 x 1 quarter turns x 13 frames"):
+        GR.frame_averaged_cams(net, acts, [1, 3], _spec(1, (2.0, 5.0)))

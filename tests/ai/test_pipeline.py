@@ -187,9 +187,10 @@ def test_result_does_not_depend_on_storage_order_or_resampling(grader):
             vb = sample_points(b.heatmap.full(), vol.affine, world, order=1)
             va = a.heatmap.block[tuple(idx.T)]
             # resampled: the joint-frame crop follows the box, which moves up to ~3 mm and a few degrees; measured
-            # 0.94 / 0.55 (left grade 3 / right grade 4: a fused joint's map is diffuse) with grader 0.3.0,
-            # 0.93 / 0.76 with 0.2.0
-            assert np.corrcoef(va, vb)[0, 1] > (0.98 if name != "resampled" else 0.5), name
+            # with grader 0.3.0 0.94 / 0.61 (left grade 3 / right grade 4: a fused joint's map is diffuse), its maps
+            # averaged over the 13 test-time frames as its grade is (grading.frame_averaged_cams); 0.94 / 0.55
+            # from the unmoved frame alone; 0.93 / 0.76 with 0.2.0 (one frame)
+            assert np.corrcoef(va, vb)[0, 1] > (0.98 if name != "resampled" else 0.6), name
 
 
 def test_fused_joint_graded_above_a_normal_one_and_heatmap_near_lesions(grader):
