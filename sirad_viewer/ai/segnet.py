@@ -215,7 +215,33 @@ def load_training_pair(image: Path, labels: Path, spacing_mm: float) -> tuple[np
     return grid.array.astype(np.float32), np.argmax(np.stack(onehot), axis=0).astype(np.int64)
 
 
-def _augment(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _turned(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, max_deg: float
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The CT and its labels turned together about the grid's centre by up to ``max_deg`` about each axis.
+
+    Why: the phantoms' own poses stop at +-15 degrees and the network saw each pelvis only as it lay,
+    so the same pelvis turned in the scanner got a different label map (the hip bones' voxel count
+    changed by up to 30 %, the joint boxes moved up to 25 mm and turned up to 37 degrees on held-out
+    phantoms turned by 15 degrees, ``tools/rotation_check.py``). The grid is isotropic and on the
+    canonical axes, so a turn of the index grid is a turn in the patient. Labels by nearest
+    neighbour; what comes in from outside is air.
+    """
+    from scipy import ndimage
+    from scipy.spatial.transform import Rotation
+
+    r = Rotation.from_euler("xyz", rng.uniform(-max_deg, max_deg, 3), degrees=True).as_matrix()
+    c = (np.asarray(img.shape) - 1) / 2.0
+    off = c - r @ c
+    img = ndimage.affine_transform(img, r, offset=off, order=1, mode="constant", cval=-1024.0, prefilter=False,
+                                   output=np.float32)
+    lab = ndimage.affine_transform(lab, r, offset=off, order=0, mode="constant", cval=0, prefilter=False)
+    return img, lab
+
+
+def _augment(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, rotate_deg: float = 0.0
+             ) -> tuple[np.ndarray, np.ndarray]:
+    if rotate_deg > 0 and rng.random() < 0.7:  # (drawn only when asked: older trainings stay reproducible)
+        img, lab = _turned(img, lab, rng, rotate_deg)
     img = img.copy()
     bone = lab > 0
     # fainter or denser marrow (scanners, dose, osteoporosis), then global gain/offset and noise
@@ -249,13 +275,14 @@ def optimiser_step(net, loss_fn, opt, sched, x, y) -> float:
 def train_segmenter(data_csv: str | Path | list[str | Path], out_dir: str | Path, *, spacing_mm: float = 4.0, steps: int = 800,
                     channels: tuple[int, ...] = (8, 16, 32, 64), num_res_units: int = 2, lr: float = 3e-3,
                     seed: int = 0, name: str = "pelvis-unet-demo", version: str = "0.1.0",
-                    init: ModelBundle | None = None, average_init: float | None = None,
+                    init: ModelBundle | None = None, average_init: float | None = None, rotate_deg: float = 0.0,
                     progress: Callable[[int, int, float], None] | None = None) -> ModelBundle:
     """Train the segmentation UNet on the ``train`` rows of ``data_csv`` (one CSV or several; needs a ``labels`` column).
 
     With ``init`` the training continues from that bundle's weights; with ``average_init`` = w the
     saved weights are then ``(1 - w) * init + w * trained`` (a fine-tuned net averaged with its
     start keeps more of the start's behaviour; 0.3.0 of the demo bundle used w = 0.5).
+    ``rotate_deg``: 70 % of the samples are turned by up to this many degrees about each axis (:func:`_turned`).
     """
     import torch
     from monai.losses import DiceCELoss
@@ -285,7 +312,7 @@ def train_segmenter(data_csv: str | Path | list[str | Path], out_dir: str | Path
     net.train()
     t0 = time.time()
     for step in range(steps):
-        img, lab = _augment(*pairs[int(rng.integers(len(pairs)))], rng)
+        img, lab = _augment(*pairs[int(rng.integers(len(pairs)))], rng, rotate_deg)
         x = torch.from_numpy(normalise(img, window))[None, None]
         y = torch.from_numpy(lab)[None, None]
         loss = optimiser_step(net, loss_fn, opt, sched, x, y)
@@ -298,11 +325,24 @@ def train_segmenter(data_csv: str | Path | list[str | Path], out_dir: str | Path
         "classes": list(SEGMENTATION_CLASSES), "groups": [],
         "training_data": {"csv": ", ".join(c.name for c in csvs), "cases": len(rows), "steps": steps,
                           "initialised_from": f"{init.name} {init.version}" if init is not None else None,
+                          **({"rotation_augmentation_deg": float(rotate_deg)} if rotate_deg > 0 else {}),
                           "seconds": round(time.time() - t0, 1)},
         "metrics": {},
         "intended_use": "Locating the pelvic bones and sacroiliac joints for the SIRAD grading model. Research only.",
         "disclaimer": "Trained on synthetic phantoms only; not validated on patients; not for clinical use.",
     }
+    refine = init.metadata.get("refine") if init is not None else None
+    if isinstance(refine, dict):  # a continued first stage keeps its start's 2 mm second stage (own weights)
+        from sirad_viewer.ai.segrefine import REFINE_FILE
+
+        src = Path(init.path) / str(refine.get("file", REFINE_FILE))
+        if src.is_file():
+            import shutil
+
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, Path(out_dir) / REFINE_FILE)
+            meta["refine"] = dict(refine, file=REFINE_FILE,
+                                  carried_from=f"{init.name} {init.version} (trained on that bundle's first stage)")
     if init is not None and average_init is not None:
         start = init.build_network().state_dict()
         w = float(average_init)

@@ -168,6 +168,45 @@ def test_segmenter_trains_on_several_data_sets(tmp_path, small_phantom):
         want = 0.75 * torch.as_tensor(sd1[k]).float() + 0.25 * torch.as_tensor(sd3[k]).float()
         assert torch.allclose(torch.as_tensor(sd4[k]).float(), want, atol=1e-6), k
     assert "0.25" in load_bundle(b4.path).metadata["training_data"]["weight_average"]
+    # --rotate: recorded; without it the samples (and so older trainings) are drawn exactly as before
+    b5 = train_segmenter(csvs[0], tmp_path / "seg5", steps=1, lr=1e-2, init=first, seed=3, rotate_deg=15.0)
+    assert load_bundle(b5.path).metadata["training_data"]["rotation_augmentation_deg"] == 15.0
+    assert "rotation_augmentation_deg" not in meta["training_data"]
+    # a continued first stage keeps its start's 2 mm second stage (and its checksum still holds)
+    from sirad_viewer.ai import segrefine as SR
+    from sirad_viewer.ai.pipeline import default_models_dir
+
+    shipped = load_bundle(default_models_dir() / "pelvis-unet-demo")
+    if isinstance(shipped.metadata.get("refine"), dict):
+        b6 = load_bundle(train_segmenter(csvs[0], tmp_path / "seg6", steps=1, lr=0.0, init=shipped).path)
+        assert b6.metadata["refine"]["sha256"] == shipped.metadata["refine"]["sha256"]
+        assert "carried_from" in b6.metadata["refine"] and SR.load_refiner(b6) is not None
+    assert "refine" not in meta  # none to carry: none written
+
+
+def test_segmenter_turn_augmentation_turns_the_labels_with_the_ct():
+    import numpy as np
+
+    from sirad_viewer.ai import segnet
+
+    img = np.full((24, 32, 40), -1000.0, np.float32)
+    lab = np.zeros(img.shape, np.int64)
+    img[6:14, 8:26, 10:18], lab[6:14, 8:26, 10:18] = 1200.0, 1  # an off-centre, elongated "bone"
+    img[10:20, 4:12, 24:36], lab[10:20, 4:12, 24:36] = 900.0, 2
+    turned_img, turned_lab = segnet._turned(img, lab, np.random.default_rng(4), 15.0)
+    assert turned_img.shape == img.shape and turned_lab.dtype == lab.dtype
+    assert set(np.unique(turned_lab)) == {0, 1, 2}  # nearest neighbour: no blended labels
+    for c, hu in ((1, 1200.0), (2, 900.0)):
+        bright = np.abs(turned_img - hu) < 1.0  # voxels wholly inside a turned bone
+        assert bright.sum() > 0.3 * (lab == c).sum()
+        assert (turned_lab[bright] == c).mean() > 0.97, c
+        assert abs(int((turned_lab == c).sum()) - int((lab == c).sum())) < 0.15 * (lab == c).sum()
+    assert (turned_lab != lab).mean() > 0.02  # it did turn
+    # rotate_deg 0: the random stream is the old one (no draw for the turn)
+    r1, r2 = np.random.default_rng(9), np.random.default_rng(9)
+    a, _ = segnet._augment(img, lab, r1)
+    b, _ = segnet._augment(img, lab, r2, 0.0)
+    assert np.array_equal(a, b) and r1.random() == r2.random()
 
 
 def test_consistency_loss_is_zero_for_agreeing_views_and_symmetric_otherwise():
