@@ -155,6 +155,9 @@ when the most probable grades would say otherwise, the result says why.
   segmentation bundle; the left joint is mirrored so one network reads both. HU window {meta['input']['intensity_window_hu']}.{_input_options(meta['input'])}
 - Segmentation (joint localisation): {td.get('segmentation_bundle', '?')}"""
     if seg_meta:
+        now = f"{seg_meta.get('name')} {seg_meta.get('version')}"
+        if now != td.get("segmentation_bundle"):  # the grader runs with a newer segmenter than it was trained with
+            text += f" when trained; runs with {now}"
         text += f""" — MONAI `UNet` `{json.dumps(seg_meta['architecture']['config'])}` on a
   {seg_meta['input']['spacing_mm'][0]} mm grid."""
     text += f"""

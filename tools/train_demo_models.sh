@@ -16,6 +16,9 @@
 # A 0.3.0 grader attempt (refined joint frame, stress augmentation, 60 epochs) took
 # about 75 min on the same cores under a load of 7-10 (crops of 180 cases 28 min, epochs 40-75 s each) and was
 # not shipped (worse on held-out subjects; see the README).
+# The segmenter 0.5.0 continues 0.4.0's 4 mm stage for 2000 steps on pelves turned up to 15 degrees about each axis
+# (SEG_ROTATE_STEPS=2000, train-segmenter --rotate 15, lr 1e-3, seed 6) on the train splits of N and N_MORE plus the
+# analytic phantoms, keeping the 2 mm stage: 14 min on two cores (loading 302 cases 2 min, 0.35 s per step), 2026-11-29.
 # The shipped grader 0.3.0 is 0.2.0 fine-tuned (GRADER_FT=1, the default): on the segmentation's joint box as
 # before (--long-axis segmentation), each joint drawn twice with independent stress nuisances and their
 # disagreement penalised (--consistency 1.0), HU referenced to the crop's muscle peak (--hu-reference), lr 1e-4,
@@ -38,6 +41,7 @@
 #   SEG_STEPS2=0             continue the segmenter this many steps more (0.3.0: 600), lr SEG_LR2=2e-3,
 #   SEG_AVERAGE=0.5          then average its weights with the first stage's (empty: no averaging)
 #   SEG_REFINE_STEPS=1000    steps of the segmenter's 2 mm second stage (0: none)
+#   SEG_ROTATE_STEPS=2000    then continue the 4 mm first stage on pelves turned up to 15 degrees (0.5.0; 0: none)
 #   CONFIG='{"init_features": 12, ...}'  the DenseNet configuration
 #   SIRAD=.venv/bin/sirad    the command to run
 # Each stage's wall time goes to WORKDIR/timings.txt and is printed at the end.
@@ -73,6 +77,9 @@ if [ "$N_ANALYTIC" -gt 0 ]; then  # the segmenter also learns the analytic anato
   $S phantom-dataset --n "$N_ANALYTIC" --out "$W/analytic" --seed 7 --matrix 160 --site phantom-A
   SEG_DATA="$SEG_DATA --data $W/analytic/DATA.csv"
 fi
+if [ "${N_MORE:-240}" -gt 0 ]; then  # more atlas phantoms, same subject split: the turned segmenter and the grader's fine-tuning
+  $S phantom-dataset --n "${N_MORE:-240}" --out "$W/data-more" --seed 3 $OPTS $DATA_OPTS
+fi
 stage phantoms
 # pelvic-bone segmentation UNet on the train splits' label maps
 $S train-segmenter $SEG_DATA --out "$W/pelvis-unet-demo" --steps "$SEG_STEPS"
@@ -86,6 +93,13 @@ if [ "${SEG_REFINE_STEPS:-1000}" -gt 0 ]; then  # the 2 mm second stage around t
   $S train-segmenter-refine $SEG_DATA --segmenter "$W/pelvis-unet-demo" --steps "${SEG_REFINE_STEPS:-1000}" \
      --cache "$W/refine-cache"
 fi
+if [ "${SEG_ROTATE_STEPS:-2000}" -gt 0 ]; then  # 0.5.0: the first stage continued on turned pelves (keeps the 2 mm stage)
+  MORE=""
+  [ "${N_MORE:-240}" -gt 0 ] && MORE="--data $W/data-more/DATA.csv"
+  $S train-segmenter $SEG_DATA $MORE --init "$W/pelvis-unet-demo" --out "$W/pelvis-unet-demo-r" --lr 1e-3 \
+     --steps "${SEG_ROTATE_STEPS:-2000}" --seed 6 --rotate 15 --model-version 0.5.0
+  rm -rf "$W/pelvis-unet-demo" && mv "$W/pelvis-unet-demo-r" "$W/pelvis-unet-demo"
+fi
 stage segmenter
 # grading DenseNet on crops in the joint's own frame, from that segmentation; val split for early stopping and temperature
 $S train --data "$W/data/DATA.csv" --out "$W/sij-densenet-demo" --segmenter "$W/pelvis-unet-demo" \
@@ -94,7 +108,6 @@ $S train --data "$W/data/DATA.csv" --out "$W/sij-densenet-demo" --segmenter "$W/
 if [ "${GRADER_FT:-1}" = 1 ]; then  # 0.3.0: consistency between two nuisance draws, HU reference, test-time frames
   FT_DATA="$W/data/DATA.csv"
   if [ "${N_MORE:-240}" -gt 0 ]; then
-    $S phantom-dataset --n "${N_MORE:-240}" --out "$W/data-more" --seed 3 $OPTS $DATA_OPTS
     ${PYTHON:-.venv/bin/python} tools/join_data_csv.py "$W/data-ft.csv" "$W/data/DATA.csv" "$W/data-more/DATA.csv"
     FT_DATA="$W/data-ft.csv"
   fi
