@@ -411,7 +411,7 @@ def cmd_train_segmenter(args: argparse.Namespace) -> int:
     b = train_segmenter(args.data if len(args.data) > 1 else args.data[0], args.out, steps=args.steps,
                         spacing_mm=args.spacing, seed=args.seed, progress=prog, lr=args.lr,
                         version=args.model_version, init=load_bundle(args.init) if args.init else None,
-                        average_init=args.average_init, rotate_deg=args.rotate)
+                        average_init=args.average_init, rotate_deg=args.rotate, shift_vox=args.shift)
     print(f"wrote {b.path}")
     return 0
 
@@ -788,6 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rotate", type=float, default=0.0, metavar="DEG",
                    help="turn 70%% of the training samples by up to DEG degrees about each axis (labels with them): "
                         "the same pelvis turned in the scanner then gets the same bones")
+    t.add_argument("--shift", type=float, default=0.0, metavar="VOX",
+                   help="move every training sample by up to VOX voxels (fractions: where a resampled CT's grid falls)")
     t.set_defaults(func=cmd_train_segmenter)
 
     tr = sub.add_parser("train-segmenter-refine", help="train the segmenter's 2 mm second stage (sacrum and both "

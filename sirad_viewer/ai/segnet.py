@@ -215,7 +215,7 @@ def load_training_pair(image: Path, labels: Path, spacing_mm: float) -> tuple[np
     return grid.array.astype(np.float32), np.argmax(np.stack(onehot), axis=0).astype(np.int64)
 
 
-def _turned(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, max_deg: float
+def _turned(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, max_deg: float, shift_vox: float = 0.0
             ) -> tuple[np.ndarray, np.ndarray]:
     """The CT and its labels turned together about the grid's centre by up to ``max_deg`` about each axis.
 
@@ -232,15 +232,19 @@ def _turned(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, max_deg:
     r = Rotation.from_euler("xyz", rng.uniform(-max_deg, max_deg, 3), degrees=True).as_matrix()
     c = (np.asarray(img.shape) - 1) / 2.0
     off = c - r @ c
+    if shift_vox > 0:  # and moved by a fraction of a voxel: where the 4 mm grid falls on the patient
+        off = off + rng.uniform(-shift_vox, shift_vox, 3)
     img = ndimage.affine_transform(img, r, offset=off, order=1, mode="constant", cval=-1024.0, prefilter=False,
                                    output=np.float32)
     lab = ndimage.affine_transform(lab, r, offset=off, order=0, mode="constant", cval=0, prefilter=False)
     return img, lab
 
 
-def _augment(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, rotate_deg: float = 0.0
-             ) -> tuple[np.ndarray, np.ndarray]:
-    if rotate_deg > 0 and rng.random() < 0.7:  # (drawn only when asked: older trainings stay reproducible)
+def _augment(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, rotate_deg: float = 0.0,
+             shift_vox: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    if shift_vox > 0:  # every sample resampled (moved by up to shift_vox voxels; turned too, 70 % of them)
+        img, lab = _turned(img, lab, rng, rotate_deg if rng.random() < 0.7 else 0.0, shift_vox)
+    elif rotate_deg > 0 and rng.random() < 0.7:  # (drawn only when asked: older trainings stay reproducible)
         img, lab = _turned(img, lab, rng, rotate_deg)
     img = img.copy()
     bone = lab > 0
@@ -276,6 +280,7 @@ def train_segmenter(data_csv: str | Path | list[str | Path], out_dir: str | Path
                     channels: tuple[int, ...] = (8, 16, 32, 64), num_res_units: int = 2, lr: float = 3e-3,
                     seed: int = 0, name: str = "pelvis-unet-demo", version: str = "0.1.0",
                     init: ModelBundle | None = None, average_init: float | None = None, rotate_deg: float = 0.0,
+                    shift_vox: float = 0.0,
                     progress: Callable[[int, int, float], None] | None = None) -> ModelBundle:
     """Train the segmentation UNet on the ``train`` rows of ``data_csv`` (one CSV or several; needs a ``labels`` column).
 
@@ -283,6 +288,8 @@ def train_segmenter(data_csv: str | Path | list[str | Path], out_dir: str | Path
     saved weights are then ``(1 - w) * init + w * trained`` (a fine-tuned net averaged with its
     start keeps more of the start's behaviour; 0.3.0 of the demo bundle used w = 0.5).
     ``rotate_deg``: 70 % of the samples are turned by up to this many degrees about each axis (:func:`_turned`).
+    ``shift_vox``: every sample is also moved by up to this fraction of a voxel along each axis (where a
+    resampled CT's 4 mm grid falls on the patient moves by that much).
     """
     import torch
     from monai.losses import DiceCELoss
@@ -312,7 +319,7 @@ def train_segmenter(data_csv: str | Path | list[str | Path], out_dir: str | Path
     net.train()
     t0 = time.time()
     for step in range(steps):
-        img, lab = _augment(*pairs[int(rng.integers(len(pairs)))], rng, rotate_deg)
+        img, lab = _augment(*pairs[int(rng.integers(len(pairs)))], rng, rotate_deg, shift_vox)
         x = torch.from_numpy(normalise(img, window))[None, None]
         y = torch.from_numpy(lab)[None, None]
         loss = optimiser_step(net, loss_fn, opt, sched, x, y)
@@ -326,6 +333,7 @@ def train_segmenter(data_csv: str | Path | list[str | Path], out_dir: str | Path
         "training_data": {"csv": ", ".join(c.name for c in csvs), "cases": len(rows), "steps": steps,
                           "initialised_from": f"{init.name} {init.version}" if init is not None else None,
                           **({"rotation_augmentation_deg": float(rotate_deg)} if rotate_deg > 0 else {}),
+                          **({"shift_augmentation_voxels": float(shift_vox)} if shift_vox > 0 else {}),
                           "seconds": round(time.time() - t0, 1)},
         "metrics": {},
         "intended_use": "Locating the pelvic bones and sacroiliac joints for the SIRAD grading model. Research only.",

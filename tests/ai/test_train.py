@@ -202,6 +202,15 @@ def test_segmenter_turn_augmentation_turns_the_labels_with_the_ct():
         assert (turned_lab[bright] == c).mean() > 0.97, c
         assert abs(int((turned_lab == c).sum()) - int((lab == c).sum())) < 0.15 * (lab == c).sum()
     assert (turned_lab != lab).mean() > 0.02  # it did turn
+    # shift only: the bones move by a fraction of a voxel, labels with them, and nothing turns
+    from scipy import ndimage
+
+    moved_img, moved_lab = segnet._turned(img, lab, np.random.default_rng(5), 0.0, 0.5)
+    d = np.subtract(ndimage.center_of_mass(np.clip(moved_img + 1000.0, 0, None)),
+                    ndimage.center_of_mass(np.clip(img + 1000.0, 0, None)))
+    assert 0.01 < np.abs(d).max() <= 0.5 + 1e-3, d  # linear interpolation moves the mass by the shift itself
+    for c, hu in ((1, 1200.0), (2, 900.0)):
+        assert (moved_lab[np.abs(moved_img - hu) < 1.0] == c).mean() > 0.97
     # rotate_deg 0: the random stream is the old one (no draw for the turn)
     r1, r2 = np.random.default_rng(9), np.random.default_rng(9)
     a, _ = segnet._augment(img, lab, r1)
