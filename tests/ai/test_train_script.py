@@ -1,0 +1,77 @@
+"""tools/train_demo_models.sh: the commands each recipe runs (DRY_RUN prints them; issue #10 item 6)."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "tools" / "train_demo_models.sh"
+
+
+def _commands(tmp_path, **env) -> list[str]:
+    # SIRAD and PYTHON are 'false': should the dry run ever run a command, it fails at once instead of training
+    e = {**os.environ, "DRY_RUN": "1", "SIRAD": "false", "PYTHON": "false", **env}
+    for k in ("RECIPE", "N_MORE", "SEG_STEPS2", "SEG_REFINE_STEPS", "SEG_ROTATE_STEPS", "GRADER_FT"):
+        if k not in env:
+            e.pop(k, None)
+    p = subprocess.run(["sh", str(SCRIPT), str(tmp_path / "w")], cwd=ROOT, env=e, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    return [ln[2:] for ln in p.stderr.splitlines() if ln.startswith("+ ")]
+
+
+def _steps(cmd: str, flag: str = "--steps") -> int:
+    words = cmd.split()
+    return int(words[words.index(flag) + 1])
+
+
+def test_quick_recipe_is_one_pass_on_180_phantoms(tmp_path):
+    cmds = _commands(tmp_path, RECIPE="quick")
+    data = [c for c in cmds if " phantom-dataset " in c]
+    assert len(data) == 2 and "--n 180 " in data[0] and "--n 24 " in data[1]  # no 240 more phantoms
+    seg = [c for c in cmds if " train-segmenter " in c]
+    assert [_steps(c) for c in seg] == [800, 1200] and "--rotate 15" in seg[1] and "--init" in seg[1]
+    assert "--average-init" not in " ".join(seg)
+    refine = [c for c in cmds if " train-segmenter-refine " in c]
+    assert len(refine) == 1 and _steps(refine[0]) == 400
+    # the refine stage runs on the first stage before the turned continuation, which keeps it
+    assert cmds.index(refine[0]) < cmds.index(seg[1])
+    train = [c for c in cmds if " train " in c and "train-" not in c]
+    assert len(train) == 2 and "--consistency 1.0 --hu-reference" in train[1]
+    assert "data-ft.csv" not in " ".join(cmds)  # fine-tuned on the same 180 phantoms
+    assert any("test_time_jitter" in c for c in cmds)
+    assert "calibrate_demo.sh" in cmds[-1]
+    # a rebuild does not carry the shipped bundles' versions
+    assert "--model-version 0.5.0-rebuilt" in seg[1] and all("--model-version 0.3.0-rebuilt" in c for c in train)
+
+
+def test_full_recipe_is_the_path_the_shipped_bundles_took(tmp_path):
+    cmds = _commands(tmp_path)  # the default
+    assert any("--n 240 " in c and "--seed 3" in c for c in cmds if " phantom-dataset " in c)
+    seg = [c for c in cmds if " train-segmenter " in c]
+    assert [_steps(c) for c in seg] == [800, 600, 2000] and "--average-init 0.5" in seg[1]
+    assert "data-more/DATA.csv" in seg[2]
+    assert _steps(next(c for c in cmds if " train-segmenter-refine " in c)) == 1000
+    assert any("join_data_csv.py" in c for c in cmds)
+
+
+def test_a_variable_set_by_hand_wins_over_the_recipe(tmp_path):
+    cmds = _commands(tmp_path, RECIPE="quick", SEG_ROTATE_STEPS="0", SEG_REFINE_STEPS="5")
+    assert [_steps(c) for c in cmds if " train-segmenter " in c] == [800]
+    assert _steps(next(c for c in cmds if " train-segmenter-refine " in c)) == 5
+
+
+def test_unknown_recipe_is_refused(tmp_path):
+    p = subprocess.run(["sh", str(SCRIPT), str(tmp_path / "w")], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "RECIPE": "hour", "SIRAD": "false", "PYTHON": "false"}, timeout=60)
+    assert p.returncode == 2 and "RECIPE must be full or quick" in p.stderr
+    assert not (tmp_path / "w").exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize("recipe", ["full", "quick"])
+def test_nothing_runs_in_a_dry_run(tmp_path, recipe):
+    _commands(tmp_path, RECIPE=recipe)
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["timings.txt"]
