@@ -22,7 +22,8 @@
 #                   Its grader was weaker (5-grade 0.288 against 0.348 on the same 66 held-out joints; README, Demo
 #                   models): for checking a site's set-up, not for use.
 # Any variable below set explicitly wins over the recipe's value. Where the shipped bundles' history differs from
-# the full recipe (0.2.0's first stage saw 87 cases of an older 180-phantom set; the 2 mm stage was run as 200 + 800
+# the full recipe (0.2.0's first stage saw 87 cases of an earlier set; the 180-phantom set of the later stages predates
+# the phantom generator's last changes; the 2 mm stage was run as 200 + 800
 # steps; the grader's fine-tuning also validated on 30 fresh phantoms of the validation subjects), the README says so.
 #
 # Options (environment variables):
