@@ -444,6 +444,17 @@ def cmd_evaluate_segmenter(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_joint_template(args: argparse.Namespace) -> int:
+    from sirad_viewer.ai.register import add_template
+
+    e = add_template(args.bundle, args.data, args.out, segmenter_path=args.segmenter, split=args.split, limit=args.limit,
+                     version=args.model_version, device=args.device)
+    print(f"wrote {args.out}: joint template {e['file']} from {e['built_from']['joints']} joints of split "
+          f"{e['built_from']['split']!r} ({e['built_from']['segmenter']}); its crops are now cut along the segmentation's "
+          f"boxes registered to it. Calibrate it next: sirad calibrate {args.out} DATA.csv")
+    return 0
+
+
 # --- calibrate / evaluate (honest confidence: sirad_viewer/ai/calibration.py, evaluate.py) ---------
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -832,6 +843,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="with --stress: only the first N cases of each split "
                                              "(--split test,train compares held-out with seen subjects)")
     e.set_defaults(func=cmd_evaluate)
+
+    jt = sub.add_parser("joint-template", help="copy a grading bundle with a mean-joint template: its joint boxes are "
+                                               "then registered to it, so a turned pelvis gives the same crop",
+                        description="The template is the mean of the window-normalised joint crops of the --split rows "
+                                    "(default: train) in the segmentation's boxes. The copy's temperature and OOD "
+                                    "statistics are removed: calibrate it afterwards.")
+    jt.add_argument("bundle", help="grading bundle folder (crops in the joint frame)")
+    jt.add_argument("data", nargs="+", help="DATA.csv file(s)")
+    jt.add_argument("--out", required=True, help="folder for the new bundle (the same as BUNDLE rewrites it)")
+    jt.add_argument("--split", default="train", help="rows used (default: train; never the held-out test rows)")
+    jt.add_argument("--limit", type=int, help="only the first N rows")
+    jt.add_argument("--model-version", help="the new bundle's version (default: unchanged)")
+    jt.add_argument("--segmenter", help="segmentation bundle (default: the installed one)")
+    jt.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
+    jt.set_defaults(func=cmd_joint_template)
 
     cb = sub.add_parser("calibrate", help="fit the temperature and the OOD statistics of a trained bundle on DATA.csv",
                         description="Post-hoc, on any trained grading bundle: grade the --split rows of DATA.csv (one or "

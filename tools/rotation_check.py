@@ -5,7 +5,11 @@ axis (the CT's affine, so the voxels are untouched); for each joint it prints th
 joint-frame crops (segmentation -> localisation -> crop, exactly as ``sirad grade``), how far the box's
 centre moved from where the turn puts it and the angle of each box axis, and the grades.
 
-    python tools/rotation_check.py [SUBJECT LEFT RIGHT SEED] [--no-refine] [--long-axis outline|curvature]
+    python tools/rotation_check.py [SUBJECT LEFT RIGHT SEED] [--bundle DIR] [--no-refine] [--long-axis AXIS]
+
+By default the crops are cut as the bundle cuts them when it registers or refines its joint boxes
+(``input.registration``, ``input.refine_frame``), else along the refined frame with the curvature axis;
+``--no-refine``: the segmentation's boxes alone; ``--long-axis``: the refined frame with that axis.
 
 Synthetic phantoms only.
 """
@@ -35,6 +39,8 @@ def main(argv=None) -> int:
     from sirad_viewer.ai.pipeline import find_bundle
 
     g = Grader(find_bundle("grading", a.bundle) if a.bundle else None, device="cpu")
+    # default: the bundle's own joint frames (registered to its template, or refined) when it has them
+    own = not a.no_refine and not a.long_axis and (g.spec.registration is not None or g.spec.refine_frame)
     long_axis = a.long_axis or (g.spec.long_axis if g.spec.refine_frame else "curvature")
     vol = make_atlas_phantom(AtlasSpec(left_grade=left, right_grade=right, seed=900_000 + seed, subject=subj,
                                        crop="pelvis", max_voxels=3_000_000)).volume
@@ -42,7 +48,11 @@ def main(argv=None) -> int:
     def run(v):
         seg = g.segment(v, [])
         loc = L.localise(seg.coarse_labels, seg.affine)
-        if not a.no_refine:
+        if own:
+            loc = g.joint_frames(v, loc)
+            for w in loc.warnings:
+                print("  warning:", w)
+        elif not a.no_refine:
             loc = L.refine_joints(v, loc, long_axis=long_axis)
         # crops in the refined frame whatever the installed bundle was trained on (the check is about the frame)
         crops = g.crops(v, loc)
@@ -67,7 +77,9 @@ def main(argv=None) -> int:
                                                                  * loc1.joints[s].axes_lps, axis=1)), 0, 1)))
                 print(f"{axis} {deg:+.0f} deg {s:5s}: crop correlation {cc:.3f}, centre moved {moved:.2f} mm, axes "
                       f"{np.round(ang, 2).tolist()} deg, grade {g0[s]} -> {g1[s]}")
-    print(f"crop correlation ({'segmentation box' if a.no_refine else 'refined frame, ' + long_axis + ' axis'}): "
+    frame = ("the bundle's own frame" + (" (registered to its template)" if g.spec.registration is not None else "")
+             if own else "segmentation box" if a.no_refine else "refined frame, " + long_axis + " axis")
+    print(f"crop correlation ({frame}): "
           f"min {min(corr):.3f}, mean {np.mean(corr):.3f} over {len(corr)} joints")
     return 0
 

@@ -143,7 +143,10 @@ def _cache_file(cache_dir: Path, grader, image: Path) -> Path:
     seg = grader.segmenter.metadata["weights"]["sha256"] if grader.segmenter is not None else "classical"
     key = json.dumps([str(image.resolve()), st.st_size if st else 0, st.st_mtime_ns if st else 0,
                       grader.bundle.metadata["weights"]["sha256"], seg, grader.spec.spacing_mm.tolist(),
-                      grader.spec.size.tolist(), LOCALISATION_VERSION, grader.spec.refine_frame])
+                      grader.spec.size.tolist(), LOCALISATION_VERSION, grader.spec.refine_frame,
+                      # everything else that changes the crops or the logits with the weights unchanged (frame,
+                      # registration template, test-time frames, HU reference)
+                      json.dumps(grader.bundle.metadata.get("input", {}), sort_keys=True, default=str)])
     return cache_dir / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
 
 

@@ -48,6 +48,8 @@ class CropSpec:
     # test-time: logits and features averaged over the crop as it is and moved by +-shift (mm) along, and
     # turned by +-turn (degrees) about, each of its axes (:func:`frame_jitter`); (0, 0): one crop
     jitter: tuple[float, float] = (0.0, 0.0)
+    # the joint box registered rigidly to the bundle's mean joint before cropping (ai.register.Registration)
+    registration: Any = None
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> "CropSpec":
@@ -69,10 +71,15 @@ class CropSpec:
             except (KeyError, TypeError, IndexError, ValueError) as exc:
                 raise ValueError(f"hu_reference {ref!r} in the bundle metadata: expected "
                                  "{'window_hu': [lo, hi], 'level_hu': L, 'max_shift_hu': M}") from exc
+        from sirad_viewer.ai.register import Registration
+
+        registration = Registration.from_metadata(inp.get("registration"))
+        if registration is not None and frame != "joint":
+            raise ValueError("registration in the bundle metadata needs input.frame 'joint'")
         return cls(np.asarray(inp["spacing_mm"], float), np.asarray(inp["size"], int),
                    (float(inp["intensity_window_hu"][0]), float(inp["intensity_window_hu"][1])), bool(inp["mirror_left"]),
                    frame == "joint", frame == "joint" and bool(inp.get("refine_frame", False)), long_axis, turns, ref,
-                   float(inp.get("pre_blur_fwhm_mm", 0.0)), _jitter_of(inp.get("test_time_jitter")))
+                   float(inp.get("pre_blur_fwhm_mm", 0.0)), _jitter_of(inp.get("test_time_jitter")), registration)
 
     def directions(self, side: str, axes: np.ndarray | None = None) -> np.ndarray:
         """(3, 3) LPS unit vectors of the crop's array axes (rows), mirror included.

@@ -343,6 +343,22 @@ class Grader:
         return {s: GR.extract_crop(volume, loc.joints[s].center_lps_mm, s, self.spec, pad=pad,
                                    axes=self._crop_axes(loc.joints[s])) for s in ("left", "right")}
 
+    def joint_frames(self, volume: Volume, loc: Localisation) -> Localisation:
+        """The joint boxes this bundle's crops are cut along, from the segmentation's boxes ``loc``.
+
+        As the bundle's metadata says: re-fitted to the joint space on the CT (``input.refine_frame``),
+        then registered rigidly to the bundle's mean joint (``input.registration``, :mod:`ai.register`),
+        which fixes the frame from the CT itself, so that a pelvis lying differently gives the same crop.
+        """
+        if self.spec.refine_frame:  # bundles trained on it: the joint frame to sub-millimetre, from the CT itself
+            loc = refine_joints(volume, loc, long_axis=self.spec.long_axis)
+        if self.spec.registration is not None:
+            from sirad_viewer.ai.register import load_template, register_joints
+
+            loc = register_joints(volume, loc, self.spec, load_template(self.bundle.path, self.spec.registration),
+                                  self.spec.registration)
+        return loc
+
     def _crop_axes(self, box: JointBox) -> np.ndarray | None:
         """The joint's own frame when the bundle was trained on joint-frame crops, else world axes."""
         return box.axes_lps if self.spec.joint_frame else None
@@ -421,8 +437,7 @@ class Grader:
         if loc.sacrum_limit is not None and hasattr(seg, "limit_sacrum"):
             seg.limit_sacrum(*loc.sacrum_limit)  # lumbar bone the segmenter took for sacrum
         check_pelvis(seg.coarse_labels, seg.affine, src)
-        if self.spec.refine_frame:  # bundles trained on it: the joint frame to sub-millimetre, from the CT itself
-            loc = refine_joints(volume, loc, long_axis=self.spec.long_axis)
+        loc = self.joint_frames(volume, loc)
         warnings += loc.warnings
         timings["localise"] = time.perf_counter() - t
 

@@ -114,7 +114,8 @@ def _cache_key(row: Row, spec: GR.CropSpec, seg_sha: str) -> str:
     st = row.image.stat() if row.image.exists() else None
     h = hashlib.sha256(json.dumps([str(row.image.resolve()), st.st_size if st else 0, st.st_mtime_ns if st else 0,
                                    spec.spacing_mm.tolist(), spec.size.tolist(), spec.mirror_left, spec.joint_frame, PAD,
-                                   seg_sha, LOCALISATION_VERSION, spec.refine_frame, spec.long_axis]).encode())
+                                   seg_sha, LOCALISATION_VERSION, spec.refine_frame, spec.long_axis,
+                                   spec.registration.sha256 if spec.registration is not None else None]).encode())
     return h.hexdigest()[:24]
 
 
@@ -138,11 +139,9 @@ def prepare_crops(rows: Sequence[Row], grader, cache_dir: Path, *, progress: boo
                 vol = open_volume(row.image)
                 warns: list[str] = []
                 seg = grader.segment(vol, warns)
-                from sirad_viewer.ai.localise import localise, refine_joints
+                from sirad_viewer.ai.localise import localise
 
-                loc = localise(seg.coarse_labels, seg.affine)
-                if grader.spec.refine_frame:
-                    loc = refine_joints(vol, loc, long_axis=grader.spec.long_axis)
+                loc = grader.joint_frames(vol, localise(seg.coarse_labels, seg.affine))
                 crops = grader.crops(vol, loc, pad=PAD)  # in the joint's frame when the spec says so
                 np.savez(f, left=crops["left"].astype(np.float32), right=crops["right"].astype(np.float32))
         except SiradError as exc:
