@@ -131,3 +131,28 @@ def test_calibrate_refuses_a_split_the_network_separates_perfectly(tiny_bundle, 
     res = C.calibrate_bundle(tiny_bundle.path, csv, device="cpu", progress=False, say=lambda m: None,
                              allow_uncalibrated=True)  # what 'sirad train' does
     assert res["calibration"]["temperature"] == 1.0 and not res["calibration"]["fitted"]
+
+
+def test_cached_logits_are_not_reused_when_the_bundle_crops_differently(tmp_path):
+    # the cache of `sirad calibrate` / `sirad evaluate --cache`: a bundle whose weights are unchanged but whose
+    # crops differ (joint boxes registered to a template, test-time frames added) must not read the old logits
+    from types import SimpleNamespace
+
+    from sirad_viewer.ai import calibration as C
+    from sirad_viewer.ai import grading as GR
+
+    inp = {"spacing_mm": [1.5] * 3, "size": [48] * 3, "intensity_window_hu": [-200, 1300], "mirror_left": True,
+           "frame": "joint"}
+
+    def grader(extra):
+        meta = {"weights": {"sha256": "a" * 64}, "input": {**inp, **extra}}
+        return SimpleNamespace(bundle=SimpleNamespace(metadata=meta), segmenter=None,
+                               spec=GR.CropSpec.from_metadata(meta))
+
+    img = tmp_path / "ct.nii.gz"
+    img.write_bytes(b"x")
+    plain = C._cache_file(tmp_path, grader({}), img)
+    assert C._cache_file(tmp_path, grader({}), img) == plain
+    assert C._cache_file(tmp_path, grader({"test_time_jitter": {"shift_mm": 2.0, "turn_deg": 5.0}}), img) != plain
+    reg = {"registration": {"file": "template.safetensors", "sha256": "b" * 64}}
+    assert C._cache_file(tmp_path, grader(reg), img) != plain
