@@ -363,11 +363,26 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
         "classes": list(GR.GRADES), "groups": [list(g) for g in groups],
         "training_data": {}, "metrics": {}, "intended_use": "", "disclaimer": "",
     }
+    # a bundle fine-tuned from one that registers its joint boxes to a template (ai.register) registers them
+    # the same way: the template travels with the weights, and the training crops are cut along those boxes
+    inherited = (start_bundle.metadata.get("input", {}).get("registration") if start_bundle is not None
+                 and frame == "joint" else None)
+    if inherited:
+        import shutil
+
+        from sirad_viewer.ai.bundle import weights_file
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(weights_file(start_bundle.path, inherited["file"]), out_dir / Path(inherited["file"]).name)
+        meta["input"]["registration"] = dict(inherited, file=Path(inherited["file"]).name)
+        meta["input"]["orientation"] += ("; the segmentation's joint box registered rigidly to the bundle's mean joint "
+                                         "(template.safetensors) first")
     # a temporary grader for segmentation + cropping with the new bundle's input spec
     grader = Grader.__new__(Grader)
     grader.segmenter, grader.device, grader._nets = segmenter, dev, {}
     grader.external = None  # our segmentation bundle, not TotalSegmentator
     grader.spec = GR.CropSpec.from_metadata(meta)
+    grader.bundle = start_bundle  # where the template is read from while the crops are cut
     items, problems = prepare_crops(rows, grader, out_dir / "cache", progress=progress)
     for p in problems:
         say(f"skipped: {p}")

@@ -130,6 +130,27 @@ def test_fine_tuning_starts_from_the_init_bundle_and_records_its_frame(zero_vs_f
         train_grader(zero_vs_four, tmp_path / "c", augmentation="heavy", **kw)
 
 
+@pytest.mark.slow  # two short trainings and a template: about a minute on an idle machine
+def test_fine_tuning_a_registering_bundle_keeps_its_template_and_trains_on_registered_crops(zero_vs_four, tmp_path):
+    from sirad_viewer.ai.bundle import sha256_of
+    from sirad_viewer.ai.pipeline import Grader
+    from sirad_viewer.ai.register import add_template
+    from sirad_viewer.ai.train import train_grader
+
+    tiny = {"init_features": 4, "growth_rate": 4, "block_config": [2]}
+    kw = dict(spacing_mm=2.5, size=32, batch_size=4, device="cpu", progress=False, patience=50, epochs=1,
+              log_fn=lambda m: None, long_axis="segmentation")
+    a = train_grader(zero_vs_four, tmp_path / "a", config=tiny, **kw)
+    entry = add_template(a.path, zero_vs_four, tmp_path / "a-reg", min_joints=4, progress=False)
+    b = train_grader(zero_vs_four, tmp_path / "b", init=tmp_path / "a-reg", **kw)
+    reg = b.metadata["input"]["registration"]
+    assert reg["sha256"] == entry["sha256"] == sha256_of(b.path / reg["file"])  # the template travels with the weights
+    assert "registered rigidly" in b.metadata["input"]["orientation"]
+    # its crops were cut along registered boxes: none of the plain bundle's cached crops was reused
+    assert not set(p.name for p in (tmp_path / "a" / "cache").iterdir()) & set(p.name for p in (tmp_path / "b" / "cache").iterdir())
+    assert Grader(b, device="cpu").spec.registration.sha256 == entry["sha256"]
+
+
 def test_segmenter_trains_on_several_data_sets(tmp_path, small_phantom):
     # train_demo_models.sh trains the UNet on atlas phantoms plus analytic ones: two DATA.csv files
     from sirad_viewer.ai.bundle import load_bundle
