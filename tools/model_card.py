@@ -24,8 +24,14 @@ def _input_options(inp: dict) -> str:
     out = []
     if inp.get("refine_frame"):
         out.append(f"the joint box re-fitted on the CT first (in-plane axis: {inp.get('long_axis', 'outline')})")
-    else:
+    elif not inp.get("registration"):
         out.append("the crop along the segmentation's joint box as it is (not refined on the CT)")
+    if inp.get("registration"):
+        r = inp["registration"]
+        built = r.get("built_from") or {}
+        out.append("the segmentation's joint box registered rigidly to the bundle's joint template first (the mean of "
+                   f"{built.get('joints', '?')} training joints' crops, split {built.get('split', '?')!r}; a move beyond "
+                   f"{r.get('max_shift_mm', 20):g} mm or {r.get('max_turn_deg', 45):g}° keeps the segmentation's box)")
     if inp.get("hu_reference"):
         r = inp["hu_reference"]
         out.append(f"HU referenced to the crop's own muscle peak ({r['window_hu'][0]:g}..{r['window_hu'][1]:g} HU peak moved "
