@@ -11,7 +11,6 @@
 #                   (SEG_REFINE_STEPS=1000), then the 4 mm stage continued on pelves turned up to 15 degrees
 #                   (SEG_ROTATE_STEPS=2000, keeps the 2 mm stage); the first grader (180 phantoms), fine-tuned on all
 #                   420 with two nuisance draws per joint (consistency), HU reference and 13 test-time frames;
-#                   the joint template (the mean of the training joints' crops: joint boxes registered to it, 0.4.0);
 #                   evaluation and calibration (tools/calibrate_demo.sh).
 #                   Measured in one piece on two idle CPU cores, 2026-11-29: phantoms 15.3 min (420 atlas + 24 analytic),
 #                   segmenter 24.9 min, graders 17.9 min, evaluation and calibration 5.0 min: 63.1 min in all
@@ -44,7 +43,9 @@
 #   SEG_REFINE_STEPS=1000 (quick: 400)  steps of the segmenter's 2 mm second stage (0: none)
 #   SEG_ROTATE_STEPS=2000 (quick: 1200) then continue the 4 mm first stage on pelves turned up to 15 degrees (0: none)
 #   FT_EPOCHS=30             epochs of the grader's fine-tuning (patience 10)
-#   TEMPLATE=1               add the joint template to the grader (0: boxes from the segmentation alone, as 0.3.0)
+#   TEMPLATE=0               1: give the grader a joint template (sirad joint-template: its boxes are then registered
+#                            to the mean training joint, so a turned pelvis gives the same crop; README, Demo models:
+#                            tried 2026-11-29, not shipped)
 #   STRESS_LIMIT=10          phantoms per split in the stress sweep (test and train)
 #   CONFIG='{"init_features": 12, ...}'  the DenseNet configuration
 #   SEG_VERSION=0.5.0-rebuilt MODEL_VERSION=0.3.0-rebuilt   the bundles' versions (a rebuild is not the shipped
@@ -137,7 +138,7 @@ m['input']['test_time_jitter'] = {'shift_mm': 2.0, 'turn_deg': 5.0}; json.dump(m
   run rm -rf "$W/sij-densenet-demo" && run mkdir "$W/sij-densenet-demo" && \
     run cp "$W/grader-ft/model.safetensors" "$W/grader-ft/metadata.json" "$W/sij-densenet-demo/"
 fi
-if [ "${TEMPLATE:-1}" = 1 ]; then  # 0.4.0: joint boxes registered to the mean of the training joints (same weights)
+if [ "${TEMPLATE:-0}" = 1 ]; then  # joint boxes registered to the mean of the training joints (not shipped yet)
   TPL_DATA="$W/data/DATA.csv"
   [ "$N_MORE" -gt 0 ] && TPL_DATA="$TPL_DATA $W/data-more/DATA.csv"
   run $S joint-template "$W/sij-densenet-demo" $TPL_DATA --split train --segmenter "$W/pelvis-unet-demo" \

@@ -43,12 +43,14 @@ def test_quick_recipe_is_one_pass_on_180_phantoms(tmp_path):
     assert len(train) == 2 and "--consistency 1.0 --hu-reference" in train[1]
     assert "data-ft.csv" not in " ".join(cmds)  # fine-tuned on the same 180 phantoms
     assert any("test_time_jitter" in c for c in cmds)
-    # the joint template: from the train split of the data the grader was trained on, after its fine-tuning,
-    # written into the bundle that is then evaluated and calibrated
+    assert not any(" joint-template " in c for c in cmds)  # the shipped grader has no template
+    # TEMPLATE=1: from the train split of the data the grader was trained on, after its fine-tuning, written
+    # into the bundle that is then evaluated and calibrated
+    cmds = _commands(tmp_path, RECIPE="quick", TEMPLATE="1")
     tpl = [c for c in cmds if " joint-template " in c]
     assert len(tpl) == 1 and "--split train" in tpl[0] and "data-more" not in tpl[0]
     assert cmds.index(train[1]) < cmds.index(tpl[0]) < cmds.index(next(c for c in cmds if " evaluate " in c))
-    assert tpl[0].split("--out ")[1].split()[0] == train[1].split("--init ")[1].split()[0]  # the bundle shipped
+    assert tpl[0].split("--out ")[1].split()[0] == train[1].split("--init ")[1].split()[0]  # the bundle evaluated
     assert "calibrate_demo.sh" in cmds[-1]
     # a rebuild does not carry the shipped bundles' versions
     assert "--model-version 0.5.0-rebuilt" in seg[1] and all("--model-version 0.3.0-rebuilt" in c for c in train)
@@ -62,12 +64,8 @@ def test_full_recipe_is_the_path_the_shipped_bundles_took(tmp_path):
     assert "data-more/DATA.csv" in seg[2]
     assert _steps(next(c for c in cmds if " train-segmenter-refine " in c)) == 1000
     assert any("join_data_csv.py" in c for c in cmds)
-    tpl = next(c for c in cmds if " joint-template " in c)
+    tpl = next(c for c in _commands(tmp_path, TEMPLATE="1") if " joint-template " in c)
     assert "data/DATA.csv" in tpl and "data-more/DATA.csv" in tpl  # the mean of all 420 phantoms' training joints
-
-
-def test_template_can_be_left_out(tmp_path):
-    assert not any(" joint-template " in c for c in _commands(tmp_path, TEMPLATE="0"))
 
 
 def test_a_variable_set_by_hand_wins_over_the_recipe(tmp_path):
