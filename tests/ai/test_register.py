@@ -190,3 +190,20 @@ def test_joint_template_command_writes_a_registering_bundle(three_cases, tmp_pat
     with pytest.raises(ValueError, match="only 2 joints could be cropped from split 'test'"):
         add_template(src.path, three_cases, tmp_path / "h", split="test", progress=False)
     assert not (tmp_path / "h").exists()
+
+
+def test_model_card_says_the_boxes_are_registered():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "tools" / "model_card.py"
+    spec = importlib.util.spec_from_file_location("model_card", path)
+    mc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mc)
+    plain = mc._input_options({"frame": "joint"})
+    assert "segmentation's joint box as it is" in plain and "registered" not in plain
+    reg = {"frame": "joint", "registration": {"file": "t", "sha256": "0" * 64, "max_shift_mm": 20.0, "max_turn_deg": 45.0,
+                                              "built_from": {"joints": 568, "split": "train"}}}
+    text = mc._input_options(reg)
+    assert "registered rigidly to the bundle's joint template" in text and "568 training joints" in text
+    assert "as it is" not in text
