@@ -44,8 +44,8 @@
 #   SEG_ROTATE_STEPS=2000 (quick: 1200) then continue the 4 mm first stage on pelves turned up to 15 degrees (0: none)
 #   FT_EPOCHS=30             epochs of the grader's fine-tuning (patience 10)
 #   TEMPLATE=0               1: give the grader a joint template (sirad joint-template: its boxes are then registered
-#                            to the mean training joint, so a turned pelvis gives the same crop; README, Demo models:
-#                            tried 2026-11-29, not shipped)
+#                            to the mean training joint, so a turned pelvis gives the same crop), then fine-tune it once
+#                            more on crops cut along the registered boxes (same recipe as the first fine-tuning)
 #   STRESS_LIMIT=10          phantoms per split in the stress sweep (test and train)
 #   CONFIG='{"init_features": 12, ...}'  the DenseNet configuration
 #   SEG_VERSION=0.5.0-rebuilt MODEL_VERSION=0.3.0-rebuilt   the bundles' versions (a rebuild is not the shipped
@@ -122,27 +122,41 @@ stage segmenter
 run $S train --data "$W/data/DATA.csv" --out "$W/sij-densenet-demo" --segmenter "$W/pelvis-unet-demo" \
    --name sij-densenet-demo --epochs "$EPOCHS" --patience "$PATIENCE" --size "$CROP_SIZE" --spacing "$CROP_SPACING" \
    --frame joint --config "$CONFIG" --model-version "${MODEL_VERSION:-0.3.0-rebuilt}"
-if [ "${GRADER_FT:-1}" = 1 ]; then  # 0.3.0: consistency between two nuisance draws, HU reference, test-time frames
-  FT_DATA="$W/data/DATA.csv"
+FT_DATA="$W/data/DATA.csv"
+if [ "${GRADER_FT:-1}" = 1 ] || [ "${TEMPLATE:-0}" = 1 ]; then
   if [ "$N_MORE" -gt 0 ]; then
     run ${PYTHON:-.venv/bin/python} tools/join_data_csv.py "$W/data-ft.csv" "$W/data/DATA.csv" "$W/data-more/DATA.csv"
     FT_DATA="$W/data-ft.csv"
   fi
+fi
+jitter() {  # the bundle averages its grade over 12 nearby frames (2 mm, 5 degrees) at test time
+  run ${PYTHON:-.venv/bin/python} -c "import json, sys; p = sys.argv[1]; m = json.load(open(p)); \
+m['input']['test_time_jitter'] = {'shift_mm': 2.0, 'turn_deg': 5.0}; json.dump(m, open(p, 'w'), indent=2)" \
+     "$1/metadata.json"
+}
+if [ "${GRADER_FT:-1}" = 1 ]; then  # 0.3.0: consistency between two nuisance draws, HU reference, test-time frames
   run $S train --data "$FT_DATA" --segmenter "$W/pelvis-unet-demo" --name sij-densenet-demo \
      --model-version "${MODEL_VERSION:-0.3.0-rebuilt}" --size "$CROP_SIZE" --spacing "$CROP_SPACING" --frame joint \
      --long-axis segmentation --consistency 1.0 --hu-reference --out "$W/grader-ft" --init "$W/sij-densenet-demo" \
      --lr 1e-4 --epochs "${FT_EPOCHS:-30}" --patience 10
-  run ${PYTHON:-.venv/bin/python} -c "import json, sys; p = sys.argv[1]; m = json.load(open(p)); \
-m['input']['test_time_jitter'] = {'shift_mm': 2.0, 'turn_deg': 5.0}; json.dump(m, open(p, 'w'), indent=2)" \
-     "$W/grader-ft/metadata.json"
+  jitter "$W/grader-ft"
   run rm -rf "$W/sij-densenet-demo" && run mkdir "$W/sij-densenet-demo" && \
     run cp "$W/grader-ft/model.safetensors" "$W/grader-ft/metadata.json" "$W/sij-densenet-demo/"
 fi
-if [ "${TEMPLATE:-0}" = 1 ]; then  # joint boxes registered to the mean of the training joints (not shipped yet)
+if [ "${TEMPLATE:-0}" = 1 ]; then  # joint boxes registered to the mean of the training joints, then fine-tuned on them
   TPL_DATA="$W/data/DATA.csv"
   [ "$N_MORE" -gt 0 ] && TPL_DATA="$TPL_DATA $W/data-more/DATA.csv"
   run $S joint-template "$W/sij-densenet-demo" $TPL_DATA --split train --segmenter "$W/pelvis-unet-demo" \
      --out "$W/sij-densenet-demo"
+  # the same fine-tuning again, now on crops cut along the registered boxes (the template travels with --init)
+  run $S train --data "$FT_DATA" --segmenter "$W/pelvis-unet-demo" --name sij-densenet-demo \
+     --model-version "${MODEL_VERSION:-0.3.0-rebuilt}" --size "$CROP_SIZE" --spacing "$CROP_SPACING" --frame joint \
+     --long-axis segmentation --consistency 1.0 --hu-reference --out "$W/grader-reg" --init "$W/sij-densenet-demo" \
+     --lr 1e-4 --epochs "${FT_EPOCHS:-30}" --patience 10
+  jitter "$W/grader-reg"
+  run rm -rf "$W/sij-densenet-demo" && run mkdir "$W/sij-densenet-demo" && \
+    run cp "$W/grader-reg/model.safetensors" "$W/grader-reg/metadata.json" "$W/grader-reg/template.safetensors" \
+      "$W/sij-densenet-demo/"
 fi
 stage grader
 # held-out subjects: segmentation Dice (seen subjects apart), grading metrics, stress sweep, model card

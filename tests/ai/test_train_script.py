@@ -51,6 +51,15 @@ def test_quick_recipe_is_one_pass_on_180_phantoms(tmp_path):
     assert len(tpl) == 1 and "--split train" in tpl[0] and "data-more" not in tpl[0]
     assert cmds.index(train[1]) < cmds.index(tpl[0]) < cmds.index(next(c for c in cmds if " evaluate " in c))
     assert tpl[0].split("--out ")[1].split()[0] == train[1].split("--init ")[1].split()[0]  # the bundle evaluated
+    # then fine-tuned again on crops cut along the registered boxes, starting from the bundle with the template,
+    # and the template travels into the bundle that is evaluated
+    reg = [c for c in cmds if c.split()[1] == "train"][2:]
+    assert len(reg) == 1 and cmds.index(tpl[0]) < cmds.index(reg[0])
+    assert reg[0].split("--init ")[1].split()[0] == tpl[0].split("--out ")[1].split()[0]
+    assert "--consistency 1.0 --hu-reference" in reg[0] and "--lr 1e-4" in reg[0]
+    out = reg[0].split("--out ")[1].split()[0]
+    assert any(c.startswith("cp ") and f"{out}/template.safetensors" in c for c in cmds[cmds.index(reg[0]):])
+    assert any("test_time_jitter" in c and f"{out}/metadata.json" in c for c in cmds)
     assert "calibrate_demo.sh" in cmds[-1]
     # a rebuild does not carry the shipped bundles' versions
     assert "--model-version 0.5.0-rebuilt" in seg[1] and all("--model-version 0.3.0-rebuilt" in c for c in train)
