@@ -11,11 +11,15 @@
 #                   (SEG_REFINE_STEPS=1000), then the 4 mm stage continued on pelves turned up to 15 degrees
 #                   (SEG_ROTATE_STEPS=2000, keeps the 2 mm stage); the first grader (180 phantoms), fine-tuned on all
 #                   420 with two nuisance draws per joint (consistency), HU reference and 13 test-time frames;
-#                   evaluation and calibration (tools/calibrate_demo.sh).
-#                   Measured in one piece on two idle CPU cores, 2026-11-29: phantoms 15.3 min (420 atlas + 24 analytic),
-#                   segmenter 24.9 min, graders 17.9 min, evaluation and calibration 5.0 min: 63.1 min in all
-#                   (/usr/bin/time: 1:03:07, 166% CPU). Earlier stage times of up to 2 h 45 min were on cores shared
-#                   with other work.
+#                   then (TEMPLATE=1) the joint template, two more fine-tunings on the registered crops (the second
+#                   with a 1.5 mm pre-blur); evaluation and calibration (tools/calibrate_demo.sh).
+#                   Measured in one piece on two idle CPU cores, 2026-11-29, before the template stages existed
+#                   (TEMPLATE=0): phantoms 15.3 min (420 atlas + 24 analytic), segmenter 24.9 min, graders 17.9 min,
+#                   evaluation and calibration 5.0 min: 63.1 min in all (/usr/bin/time: 1:03:07, 166% CPU).
+#                   The template stages, timed one by one on the same machine: cutting the 420 phantoms' registered
+#                   crops 28 min, 30 + 15 epochs about 20 min, evaluation with the registration slower by about
+#                   10 min, the template itself not timed (about 10 min): about 2 h in all (not yet run in one piece). Earlier stage times of up to 2 h 45 min
+#                   were on cores shared with other work.
 #   quick           a smoke run of the same stages on the 180 phantoms alone (N_MORE=0, SEG_STEPS2=0,
 #                   SEG_REFINE_STEPS=400, SEG_ROTATE_STEPS=1200): phantoms 6.9 min, segmenter 14.4 min,
 #                   graders 8.5 min, evaluation 4.9 min: 34.8 min in all (same machine and day).
@@ -43,13 +47,15 @@
 #   SEG_REFINE_STEPS=1000 (quick: 400)  steps of the segmenter's 2 mm second stage (0: none)
 #   SEG_ROTATE_STEPS=2000 (quick: 1200) then continue the 4 mm first stage on pelves turned up to 15 degrees (0: none)
 #   FT_EPOCHS=30             epochs of the grader's fine-tuning (patience 10)
-#   TEMPLATE=0               1: give the grader a joint template (sirad joint-template: its boxes are then registered
-#                            to the mean training joint, so a turned pelvis gives the same crop), then fine-tune it once
-#                            more on crops cut along the registered boxes (same recipe as the first fine-tuning)
+#   TEMPLATE=1               give the fine-tuned grader a joint template (sirad joint-template: its boxes are then
+#                            registered to the mean training joint, so a turned pelvis gives the same crop), fine-tune
+#                            it on crops cut along the registered boxes (FT_EPOCHS, as the first fine-tuning), then
+#                            once more with every crop blurred PRE_BLUR=1.5 mm first (BLUR_EPOCHS=15): grader 0.4.0's
+#                            path. 0: stop after the first fine-tuning (0.3.0's path)
 #   STRESS_LIMIT=10          phantoms per split in the stress sweep (test and train)
 #   CONFIG='{"init_features": 12, ...}'  the DenseNet configuration
-#   SEG_VERSION=0.5.0-rebuilt MODEL_VERSION=0.3.0-rebuilt   the bundles' versions (a rebuild is not the shipped
-#                            weights: reports and logs name the version)
+#   SEG_VERSION=0.5.0-rebuilt MODEL_VERSION   the bundles' versions (a rebuild is not the shipped weights: reports
+#                            and logs name the version; the graders default to 0.3.0-rebuilt, the last one to 0.4.0-rebuilt)
 #   SIRAD=.venv/bin/sirad    the command to run
 #   DRY_RUN=1                print each command (on stderr, after "+ ") instead of running it
 # Each stage's wall time goes to WORKDIR/timings.txt and is printed at the end.
@@ -123,7 +129,7 @@ run $S train --data "$W/data/DATA.csv" --out "$W/sij-densenet-demo" --segmenter 
    --name sij-densenet-demo --epochs "$EPOCHS" --patience "$PATIENCE" --size "$CROP_SIZE" --spacing "$CROP_SPACING" \
    --frame joint --config "$CONFIG" --model-version "${MODEL_VERSION:-0.3.0-rebuilt}"
 FT_DATA="$W/data/DATA.csv"
-if [ "${GRADER_FT:-1}" = 1 ] || [ "${TEMPLATE:-0}" = 1 ]; then
+if [ "${GRADER_FT:-1}" = 1 ] || [ "${TEMPLATE:-1}" = 1 ]; then
   if [ "$N_MORE" -gt 0 ]; then
     run ${PYTHON:-.venv/bin/python} tools/join_data_csv.py "$W/data-ft.csv" "$W/data/DATA.csv" "$W/data-more/DATA.csv"
     FT_DATA="$W/data-ft.csv"
@@ -143,7 +149,7 @@ if [ "${GRADER_FT:-1}" = 1 ]; then  # 0.3.0: consistency between two nuisance dr
   run rm -rf "$W/sij-densenet-demo" && run mkdir "$W/sij-densenet-demo" && \
     run cp "$W/grader-ft/model.safetensors" "$W/grader-ft/metadata.json" "$W/sij-densenet-demo/"
 fi
-if [ "${TEMPLATE:-0}" = 1 ]; then  # joint boxes registered to the mean of the training joints, then fine-tuned on them
+if [ "${TEMPLATE:-1}" = 1 ]; then  # 0.4.0: boxes registered to the mean training joint, fine-tuned on them, pre-blur
   TPL_DATA="$W/data/DATA.csv"
   [ "$N_MORE" -gt 0 ] && TPL_DATA="$TPL_DATA $W/data-more/DATA.csv"
   run $S joint-template "$W/sij-densenet-demo" $TPL_DATA --split train --segmenter "$W/pelvis-unet-demo" \
@@ -153,9 +159,16 @@ if [ "${TEMPLATE:-0}" = 1 ]; then  # joint boxes registered to the mean of the t
      --model-version "${MODEL_VERSION:-0.3.0-rebuilt}" --size "$CROP_SIZE" --spacing "$CROP_SPACING" --frame joint \
      --long-axis segmentation --consistency 1.0 --hu-reference --out "$W/grader-reg" --init "$W/sij-densenet-demo" \
      --lr 1e-4 --epochs "${FT_EPOCHS:-30}" --patience 10
-  jitter "$W/grader-reg"
+  # and once more with every crop blurred 1.5 mm first (a common floor of sharpness: a softer kernel then changes
+  # the crop less); the registered crops are cut once and shared
+  run mkdir -p "$W/grader-blur" && run cp -al "$W/grader-reg/cache" "$W/grader-blur/cache"
+  run $S train --data "$FT_DATA" --segmenter "$W/pelvis-unet-demo" --name sij-densenet-demo \
+     --model-version "${MODEL_VERSION:-0.4.0-rebuilt}" --size "$CROP_SIZE" --spacing "$CROP_SPACING" --frame joint \
+     --long-axis segmentation --consistency 1.0 --hu-reference --pre-blur "${PRE_BLUR:-1.5}" --out "$W/grader-blur" \
+     --init "$W/grader-reg" --lr 1e-4 --epochs "${BLUR_EPOCHS:-15}" --patience 10
+  jitter "$W/grader-blur"
   run rm -rf "$W/sij-densenet-demo" && run mkdir "$W/sij-densenet-demo" && \
-    run cp "$W/grader-reg/model.safetensors" "$W/grader-reg/metadata.json" "$W/grader-reg/template.safetensors" \
+    run cp "$W/grader-blur/model.safetensors" "$W/grader-blur/metadata.json" "$W/grader-blur/template.safetensors" \
       "$W/sij-densenet-demo/"
 fi
 stage grader

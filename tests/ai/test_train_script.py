@@ -40,29 +40,36 @@ def test_quick_recipe_is_one_pass_on_180_phantoms(tmp_path):
     # the refine stage runs on the first stage before the turned continuation, which keeps it
     assert cmds.index(refine[0]) < cmds.index(seg[1])
     train = [c for c in cmds if c.split()[1] == "train"]
-    assert len(train) == 2 and "--consistency 1.0 --hu-reference" in train[1]
+    assert len(train) == 4 and "--consistency 1.0 --hu-reference" in train[1]
     assert "data-ft.csv" not in " ".join(cmds)  # fine-tuned on the same 180 phantoms
     assert any("test_time_jitter" in c for c in cmds)
-    assert not any(" joint-template " in c for c in cmds)  # the shipped grader has no template
-    # TEMPLATE=1: from the train split of the data the grader was trained on, after its fine-tuning, written
-    # into the bundle that is then evaluated and calibrated
-    cmds = _commands(tmp_path, RECIPE="quick", TEMPLATE="1")
+    # TEMPLATE=1 (the default, grader 0.4.0's path): from the train split of the data the grader was trained on,
+    # after its fine-tuning, written into the bundle that is then evaluated and calibrated
     tpl = [c for c in cmds if " joint-template " in c]
     assert len(tpl) == 1 and "--split train" in tpl[0] and "data-more" not in tpl[0]
     assert cmds.index(train[1]) < cmds.index(tpl[0]) < cmds.index(next(c for c in cmds if " evaluate " in c))
     assert tpl[0].split("--out ")[1].split()[0] == train[1].split("--init ")[1].split()[0]  # the bundle evaluated
     # then fine-tuned again on crops cut along the registered boxes, starting from the bundle with the template,
     # and the template travels into the bundle that is evaluated
-    reg = [c for c in cmds if c.split()[1] == "train"][2:]
-    assert len(reg) == 1 and cmds.index(tpl[0]) < cmds.index(reg[0])
-    assert reg[0].split("--init ")[1].split()[0] == tpl[0].split("--out ")[1].split()[0]
-    assert "--consistency 1.0 --hu-reference" in reg[0] and "--lr 1e-4" in reg[0]
-    out = reg[0].split("--out ")[1].split()[0]
-    assert any(c.startswith("cp ") and f"{out}/template.safetensors" in c for c in cmds[cmds.index(reg[0]):])
+    reg, blur = train[2:]
+    assert cmds.index(tpl[0]) < cmds.index(reg) < cmds.index(blur)
+    assert reg.split("--init ")[1].split()[0] == tpl[0].split("--out ")[1].split()[0]
+    assert "--consistency 1.0 --hu-reference" in reg and "--lr 1e-4" in reg and "--pre-blur" not in reg
+    # then with every crop blurred 1.5 mm first, from the registered fine-tuning, on the same cached crops
+    assert blur.split("--init ")[1].split()[0] == reg.split("--out ")[1].split()[0]
+    assert "--pre-blur 1.5" in blur and "--epochs 15" in blur
+    out = blur.split("--out ")[1].split()[0]
+    assert f"cp -al {reg.split('--out ')[1].split()[0]}/cache {out}/cache" in cmds
+    assert any(c.startswith("cp ") and f"{out}/template.safetensors" in c for c in cmds[cmds.index(blur):])
     assert any("test_time_jitter" in c and f"{out}/metadata.json" in c for c in cmds)
     assert "calibrate_demo.sh" in cmds[-1]
     # a rebuild does not carry the shipped bundles' versions
-    assert "--model-version 0.5.0-rebuilt" in seg[1] and all("--model-version 0.3.0-rebuilt" in c for c in train)
+    assert "--model-version 0.5.0-rebuilt" in seg[1] and all("--model-version 0.3.0-rebuilt" in c for c in train[:3])
+    assert "--model-version 0.4.0-rebuilt" in blur
+    # TEMPLATE=0: 0.3.0's path, no template and no further fine-tuning
+    cmds = _commands(tmp_path, RECIPE="quick", TEMPLATE="0")
+    assert not any(" joint-template " in c for c in cmds) and len([c for c in cmds if c.split()[1] == "train"]) == 2
+    assert any(c.startswith("cp ") and "grader-ft/model.safetensors" in c for c in cmds)
 
 
 def test_full_recipe_is_the_path_the_shipped_bundles_took(tmp_path):
@@ -73,7 +80,7 @@ def test_full_recipe_is_the_path_the_shipped_bundles_took(tmp_path):
     assert "data-more/DATA.csv" in seg[2]
     assert _steps(next(c for c in cmds if " train-segmenter-refine " in c)) == 1000
     assert any("join_data_csv.py" in c for c in cmds)
-    tpl = next(c for c in _commands(tmp_path, TEMPLATE="1") if " joint-template " in c)
+    tpl = next(c for c in cmds if " joint-template " in c)
     assert "data/DATA.csv" in tpl and "data-more/DATA.csv" in tpl  # the mean of all 420 phantoms' training joints
 
 
