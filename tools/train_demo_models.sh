@@ -18,7 +18,7 @@
 #                   evaluation and calibration 5.0 min: 63.1 min in all (/usr/bin/time: 1:03:07, 166% CPU).
 #                   The template stages, timed one by one on the same machine: cutting the 420 phantoms' registered
 #                   crops 28 min, 30 + 15 epochs about 20 min, evaluation with the registration slower by about
-#                   10 min, the template itself not timed (about 10 min): about 2 h in all (not yet run in one piece). Earlier stage times of up to 2 h 45 min
+#                   10 min, the template itself under 2 min: about 2 h in all (not yet run in one piece). Earlier stage times of up to 2 h 45 min
 #                   were on cores shared with other work.
 #   quick           a smoke run of the same stages on the 180 phantoms alone (N_MORE=0, SEG_STEPS2=0,
 #                   SEG_REFINE_STEPS=400, SEG_ROTATE_STEPS=1200): phantoms 6.9 min, segmenter 14.4 min,
