@@ -115,7 +115,7 @@ def _cache_key(row: Row, spec: GR.CropSpec, seg_sha: str) -> str:
     h = hashlib.sha256(json.dumps([str(row.image.resolve()), st.st_size if st else 0, st.st_mtime_ns if st else 0,
                                    spec.spacing_mm.tolist(), spec.size.tolist(), spec.mirror_left, spec.joint_frame, PAD,
                                    seg_sha, LOCALISATION_VERSION, spec.refine_frame, spec.long_axis,
-                                   spec.registration.sha256 if spec.registration is not None else None]).encode())
+                                   spec.registration.to_metadata() if spec.registration is not None else None]).encode())
     return h.hexdigest()[:24]
 
 

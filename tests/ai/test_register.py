@@ -78,6 +78,20 @@ def test_registration_finds_the_frame_its_template_was_cut_from(side):
     assert np.corrcoef(_crop(vol, box), _crop(vol, truth))[0, 1] > 0.99
 
 
+def test_the_registration_stops_at_the_bundles_min_step():
+    # joint-template writes min_step_mm 1e-3 (about half the time of 0.4.0's 1e-4, boxes within 0.02 mm);
+    # the optimiser really stops there: a coarse stop leaves the box off, the two fine ones agree
+    truth = JointBox("right", np.zeros(3), _frame(), np.array([60.0, 34.0, 10.0]), 1)
+    vol = _joint_ct(np.zeros(3), truth.axes_lps)
+    tpl = _template(vol, truth)
+    start = _off(truth, [2.0, -2.5, 1.5], 7.0, [0.3, 0.8, 0.5])
+    fine, *_ = register_joint(vol, start, SPEC, tpl, Registration(min_step_mm=1e-4))
+    quick, *_ = register_joint(vol, start, SPEC, tpl, Registration(min_step_mm=1e-3))
+    coarse, *_ = register_joint(vol, start, SPEC, tpl, Registration(min_step_mm=0.9))
+    assert np.linalg.norm(quick.center_lps_mm - fine.center_lps_mm) < 0.05 and _angle(quick.axes_lps, fine.axes_lps) < 0.3
+    assert np.linalg.norm(coarse.center_lps_mm - fine.center_lps_mm) > 0.5 or _angle(coarse.axes_lps, fine.axes_lps) > 1.0
+
+
 def test_a_turned_ct_gives_the_same_registered_crop():
     # the issue's check: the pelvis turned by 15 degrees in the scanner (the CT's affine; voxels untouched).
     # The segmentation's boxes of the two poses differ by millimetres and degrees (as with the shipped
@@ -117,11 +131,15 @@ def test_registration_metadata_and_template_file_are_checked(tmp_path):
     from sirad_viewer.ai.bundle import BundleError
 
     assert Registration.from_metadata(None) is None
-    for bad in ("template.safetensors", {"file": "t.safetensors"}, {"file": "t", "sha256": "x", "pad": "wide"}):
+    for bad in ("template.safetensors", {"file": "t.safetensors"}, {"file": "t", "sha256": "x", "pad": "wide"},
+                {"file": "t", "sha256": "x", "min_step_mm": 0.0}, {"file": "t", "sha256": "x", "min_step_mm": "fine"}):
         with pytest.raises(ValueError, match="registration"):
             Registration.from_metadata(bad)
-    reg = save_template(np.ones((8, 8, 8), np.float32), tmp_path)
+    reg = save_template(np.ones((8, 8, 8), np.float32), tmp_path, Registration(min_step_mm=1e-3))
     assert Registration.from_metadata(json.loads(json.dumps(reg.to_metadata()))) == reg
+    assert reg.min_step_mm == 1e-3
+    # a bundle written before the field (grader 0.4.0) registers as it was built: steps down to 1e-4 mm
+    assert Registration.from_metadata({"file": "t", "sha256": "x"}).min_step_mm == 1e-4
     assert load_template(tmp_path, reg).shape == (8, 8, 8)
     with pytest.raises(BundleError, match="does not match the sha256"):
         load_template(tmp_path, Registration(reg.file, "0" * 64))
@@ -165,6 +183,7 @@ def test_joint_template_command_writes_a_registering_bundle(three_cases, tmp_pat
     out = tmp_path / "g"
     entry = add_template(src.path, three_cases, out, version="9.9.9-test", min_joints=4, progress=False)
     assert entry["built_from"]["joints"] == 4 and entry["built_from"]["split"] == "train"  # the test row is not used
+    assert entry["min_step_mm"] == 1e-3
     b = load_bundle(out)
     assert b.version == "9.9.9-test" and "calibration" not in b.metadata and "ood" not in b.metadata
     assert b.metadata["input"]["registration"]["sha256"] == entry["sha256"]
