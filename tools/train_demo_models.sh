@@ -13,13 +13,14 @@
 #                   420 with two nuisance draws per joint (consistency), HU reference and 13 test-time frames;
 #                   then (TEMPLATE=1) the joint template, two more fine-tunings on the registered crops (the second
 #                   with a 1.5 mm pre-blur); evaluation and calibration (tools/calibrate_demo.sh).
-#                   Measured in one piece on two idle CPU cores, 2026-11-29, before the template stages existed
-#                   (TEMPLATE=0): phantoms 15.3 min (420 atlas + 24 analytic), segmenter 24.9 min, graders 17.9 min,
-#                   evaluation and calibration 5.0 min: 63.1 min in all (/usr/bin/time: 1:03:07, 166% CPU).
-#                   The template stages, timed one by one on the same machine: cutting the 420 phantoms' registered
-#                   crops 28 min, 30 + 15 epochs about 20 min, evaluation with the registration slower by about
-#                   10 min, the template itself under 2 min: about 2 h in all (not yet run in one piece). Earlier stage times of up to 2 h 45 min
-#                   were on cores shared with other work.
+#                   Measured in one piece on the two CPU cores of the build machine, 2026-11-29 18:44-20:41
+#                   (/usr/bin/time: 1:56:35, 159% CPU; about 8 min of one core's other work alongside,
+#                   during the phantoms): phantoms 18.0 min (420 atlas + 24 analytic), segmenter 25.7 min, the
+#                   five grader stages 58.9 min (the registered crops 13 min of it), evaluation and calibration
+#                   13.9 min: 116.6 min in all,
+#                   about twice issue #10's "about an hour". TEMPLATE=0 (0.3.0's path) took 63.1 min in one piece
+#                   (1:03:07, 166% CPU; graders 17.9 min, evaluation 5.0 min). Earlier stage times of up to
+#                   2 h 45 min were on cores shared with other work.
 #   quick           a smoke run of the same stages on the 180 phantoms alone (N_MORE=0, SEG_STEPS2=0,
 #                   SEG_REFINE_STEPS=400, SEG_ROTATE_STEPS=1200): phantoms 6.9 min, segmenter 14.4 min,
 #                   graders 8.5 min, evaluation 4.9 min: 34.8 min in all (same machine and day).
@@ -28,7 +29,9 @@
 # Any variable below set explicitly wins over the recipe's value. Where the shipped bundles' history differs from
 # the full recipe (0.2.0's first stage saw 87 cases of an earlier set; the 180-phantom set of the later stages predates
 # the phantom generator's last changes; the 2 mm stage was run as 200 + 800
-# steps; the grader's fine-tuning also validated on 30 fresh phantoms of the validation subjects), the README says so.
+# steps; the grader's fine-tuning also validated on 30 fresh phantoms of the validation subjects; 0.4.0's registration
+# stops at 1e-4 mm steps, where sirad joint-template now writes 1e-3: about half the time, boxes within 0.02 mm), the
+# README says so.
 #
 # Options (environment variables):
 #   ANATOMY=atlas|analytic   grader phantoms (default atlas: real bone surfaces, split by subject;
