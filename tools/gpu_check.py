@@ -80,6 +80,7 @@ def main(argv=None) -> int:
     import torch
 
     from sirad_viewer.ai.pipeline import Grader
+    from sirad_viewer.errors import SiradError
     from sirad_viewer.io import open_volume
 
     if not torch.cuda.is_available():
@@ -89,8 +90,14 @@ def main(argv=None) -> int:
     graders = {d: Grader(device=d) for d in ("cpu", "cuda")}
     ok = True
     for path in args.ct:
-        vol = open_volume(path)
-        runs = {d: _run(g, vol, args.repeats) for d, g in graders.items()}
+        try:
+            vol = open_volume(path)
+            runs = {d: _run(g, vol, args.repeats) for d, g in graders.items()}
+        except SiradError as exc:  # an unreadable file, or not a pelvis: nothing to compare, and said so
+            report["cases"][Path(path).name] = {"passed": False, "error": str(exc)}
+            ok = False
+            print(f"{path}: not compared: {exc}", file=sys.stderr)
+            continue
         case = compare(runs["cpu"][0], runs["cuda"][0])
         for d, (res, cold, warm) in runs.items():
             case[d] = {"first_s": round(cold, 3), "warm_median_s": round(statistics.median(warm), 3),

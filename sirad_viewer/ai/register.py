@@ -225,6 +225,7 @@ def add_template(bundle_path: str | Path, data_csv: str | Path | Sequence[str | 
     from sirad_viewer.errors import SiradError
     from sirad_viewer.io import open_volume
 
+    reg = Registration(min_step_mm=min_step_mm)  # a bad value is refused before any crop is cut
     csvs = [data_csv] if isinstance(data_csv, (str, Path)) else list(data_csv)
     rows = [r for c in csvs for r in read_data_csv(c) if split == "all" or r.split == split][:limit]
     if not rows:
@@ -265,7 +266,7 @@ def add_template(bundle_path: str | Path, data_csv: str | Path | Sequence[str | 
         for f in src.iterdir():  # weights, metadata, anything else the bundle ships (model card, figures)
             if f.is_file():
                 shutil.copy2(f, out / f.name)
-    reg = save_template(template_of(crops), out, Registration(min_step_mm=min_step_mm))
+    reg = save_template(template_of(crops), out, reg)
     entry = reg.to_metadata()
     entry["built_from"] = {"data": [str(c) for c in csvs], "split": split, "joints": len(crops),
                            "segmenter": (f"{grader.segmenter.metadata.get('name')} {grader.segmenter.metadata.get('version')}"

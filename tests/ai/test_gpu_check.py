@@ -58,3 +58,22 @@ def test_no_gpu_is_exit_2(gpu_check, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu_check.main([]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_an_unreadable_file_is_named_and_fails_the_check(gpu_check, monkeypatch, capsys, tmp_path):
+    import torch
+
+    import sirad_viewer.ai.pipeline as P
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "stand-in GPU")
+    monkeypatch.setattr(P, "Grader", lambda device: SimpleNamespace(device=device))  # never reached for this file
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"not a CT at all")
+    out = tmp_path / "report.json"
+    assert gpu_check.main([str(bad), "--json", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "broken.dcm: not compared:" in err
+    import json
+
+    assert json.loads(out.read_text())["cases"]["broken.dcm"]["passed"] is False

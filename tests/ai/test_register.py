@@ -209,6 +209,9 @@ def test_joint_template_command_writes_a_registering_bundle(three_cases, tmp_pat
     with pytest.raises(ValueError, match="only 2 joints could be cropped from split 'test'"):
         add_template(src.path, three_cases, tmp_path / "h", split="test", progress=False)
     assert not (tmp_path / "h").exists()
+    # a bad stopping step is refused at once, before any CT is read, and nothing is written
+    assert main(["joint-template", str(src.path), str(three_cases), "--out", str(tmp_path / "m"), "--min-step", "0"]) == 2
+    assert "min_step_mm 0.0 must be between 0 and 1 mm" in capsys.readouterr().err and not (tmp_path / "m").exists()
 
 
 def test_model_card_says_the_boxes_are_registered():
