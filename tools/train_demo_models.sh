@@ -20,7 +20,8 @@
 #                   13.9 min: 116.6 min in all,
 #                   about twice issue #10's "about an hour". TEMPLATE=0 (0.3.0's path) took 63.1 min in one piece
 #                   (1:03:07, 166% CPU; graders 17.9 min, evaluation 5.0 min). Earlier stage times of up to
-#                   2 h 45 min were on cores shared with other work.
+#                   2 h 45 min were on cores shared with other work. Without the first fine-tuning (GRADER_FT=0
+#                   TEMPLATE=1, now refused, see below) it took 118.4 min: every registration was slower.
 #   quick           a smoke run of the same stages on the 180 phantoms alone (N_MORE=0, SEG_STEPS2=0,
 #                   SEG_REFINE_STEPS=400, SEG_ROTATE_STEPS=1200): phantoms 6.9 min, segmenter 14.4 min,
 #                   graders 8.5 min, evaluation 4.9 min: 34.8 min in all (same machine and day).
@@ -40,7 +41,7 @@
 #   N=180                    phantoms for the grader (train/val/test split by subject)
 #   N_MORE=240 (quick: 0)     more atlas phantoms (seed 3, the same subject split) for the turned segmenter and the
 #                            grader's fine-tuning
-#   GRADER_FT=1              fine-tune the grader as 0.3.0 was (0: stop at the first grader)
+#   GRADER_FT=1              fine-tune the grader as 0.3.0 was (0: stop at the first grader; needs TEMPLATE=0)
 #   N_ANALYTIC=24            analytic phantoms added to the segmenter's training set (0: none)
 #   SITE=...                 site profile (default atlas-mixed, or phantom-A for analytic)
 #   DATA_OPTS="..."          more phantom-dataset options (default "--max-voxels 8000000" for atlas)
@@ -75,6 +76,15 @@ case "$RECIPE" in
         SEG_ROTATE_STEPS=${SEG_ROTATE_STEPS:-1200} ;;
   *) echo "RECIPE must be full or quick, not $RECIPE" >&2; exit 2 ;;
 esac
+if [ "${GRADER_FT:-1}" = 0 ] && [ "${TEMPLATE:-1}" = 1 ]; then
+  # measured 2026-11-29 (/tmp/s11/A): the template was then built on the first grader's refined frames while the
+  # registered fine-tunings start from the segmentation's boxes; every registration took longer (crops 2.7 against
+  # 1.9 s per phantom, evaluation 22.3 against 13.9 min), so the 15 min saved came back: 118 min in all
+  echo "GRADER_FT=0 with TEMPLATE=1 is refused: the joint template is built on the fine-tuned grader, whose crops" \
+       "follow the segmentation's boxes as the registered fine-tunings' do (without it: slower registrations, no" \
+       "time saved). Use TEMPLATE=0 with GRADER_FT=0." >&2
+  exit 2
+fi
 N_ANALYTIC=${N_ANALYTIC:-24}
 SEG_STEPS=${SEG_STEPS:-800}
 EPOCHS=${EPOCHS:-60}

@@ -101,3 +101,15 @@ def test_unknown_recipe_is_refused(tmp_path):
 def test_nothing_runs_in_a_dry_run(tmp_path, recipe):
     _commands(tmp_path, RECIPE=recipe)
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["timings.txt"]
+
+
+def test_a_template_without_the_first_fine_tuning_is_refused(tmp_path):
+    # measured: the template then comes from the first grader's refined frames, and every registration is slower
+    p = subprocess.run(["sh", str(SCRIPT), str(tmp_path / "w")], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "GRADER_FT": "0", "TEMPLATE": "1", "SIRAD": "false", "PYTHON": "false"},
+                       timeout=60)
+    assert p.returncode == 2 and "GRADER_FT=0 with TEMPLATE=1 is refused" in p.stderr
+    assert not (tmp_path / "w").exists()
+    # the default and 0.3.0's path still run
+    assert any(" joint-template " in c for c in _commands(tmp_path / "a"))
+    assert not any(" joint-template " in c for c in _commands(tmp_path / "b", GRADER_FT="0", TEMPLATE="0"))
