@@ -394,6 +394,9 @@ def train_grader(data_csv: str | Path, out_dir: str | Path, *, segmenter: ModelB
     weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / 5.0, 0.0)
     say(f"train joints {len(tr)} (per grade {counts.astype(int).tolist()}), val joints {len(va)}; class weights "
         f"{np.round(weights, 2).tolist()}")
+    # seeded again here: cutting the crops builds the segmenter's networks (drawing from torch's generator) only
+    # when they are not cached yet, so the same command gave other weights on a second run or with a warm cache
+    torch.manual_seed(seed)
     net = build_network(arch, n_classes=5)
     if start_bundle is not None:
         from safetensors.torch import load_file

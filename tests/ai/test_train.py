@@ -266,3 +266,23 @@ def test_training_with_two_views_records_its_recipe(zero_vs_four, tmp_path):
     # the segmentation's box as it is (as 0.2.0), graded over 13 nearby frames
     assert inp["refine_frame"] is False and inp["long_axis"] == "outline"
     assert inp["test_time_jitter"] == {"shift_mm": 1.5, "turn_deg": 4.0}
+
+
+def test_the_same_training_gives_the_same_weights_with_its_crops_already_cut(zero_vs_four, tmp_path):
+    # cutting crops builds the segmenter's networks, which drew from torch's generator before the grader's own
+    # weights were drawn: a second run with a warm crop cache (or a second training in one process) differed
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from sirad_viewer.ai.train import train_grader
+
+    tiny = {"init_features": 4, "growth_rate": 4, "block_config": [2]}
+    kw = dict(config=tiny, spacing_mm=2.5, size=32, batch_size=4, device="cpu", progress=False, patience=50,
+              epochs=1, log_fn=lambda m: None)
+    a = train_grader(zero_vs_four, tmp_path / "a", **kw)
+    shutil.copytree(tmp_path / "a" / "cache", tmp_path / "b" / "cache")  # the same crops, already cut
+    b = train_grader(zero_vs_four, tmp_path / "b", **kw)
+    wa, wb = load_file(str(a.path / "model.safetensors")), load_file(str(b.path / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
